@@ -1,0 +1,143 @@
+"""Batching the training data at a searched batch size (tf.data and arrays)."""
+
+import math
+import warnings
+
+import keras
+import tensorflow as tf
+
+DATA_TYPES_HELP = (
+    "numpy arrays, tensors (or nested dicts/lists of them), or an unbatched "
+    "`tf.data.Dataset`"
+)
+
+
+def describe_batching(dataset):
+    """Tells whether a `tf.data.Dataset` is batched, and by how much.
+
+    The batch size is read from the dataset graph (the `ComputeBatchSize` op
+    that `tf.distribute` uses). When the graph does not tell (a `map` after
+    `batch`, say), a dataset whose every component has an unknown leading
+    dimension is taken as batched with an unknown batch size.
+
+    Example:
+
+    ```python
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    describe_batching(ds)  # (False, None)
+    describe_batching(ds.batch(32))  # (True, 32)
+    ```
+
+    Args:
+        dataset: A `tf.data.Dataset`.
+
+    Returns:
+        A tuple `(is_batched, batch_size)`; `batch_size` is None when unknown.
+    """
+    batch_size = int(
+        tf.raw_ops.ComputeBatchSize(input_dataset=dataset._variant_tensor)
+    )
+    if batch_size > 0:
+        return True, batch_size
+    specs = tf.nest.flatten(dataset.element_spec)
+    shapes = [getattr(spec, "shape", None) for spec in specs]
+    batched = bool(shapes) and all(
+        shape is not None
+        and shape.rank is not None
+        and shape.rank >= 1
+        and shape[0] is None
+        for shape in shapes
+    )
+    return batched, None
+
+
+def batch_dataset(dataset, batch_size, drop_remainder=False):
+    """Batches a dataset at `batch_size`, re-batching one already batched.
+
+    An already batched dataset is unbatched first, with a one-line warning:
+    its batch size was chosen by hand, and the tuner replaces it.
+
+    Example:
+
+    ```python
+    batch_dataset(tf.data.Dataset.from_tensor_slices((x, y)), 64)
+    ```
+
+    Args:
+        dataset: A `tf.data.Dataset`, batched or not.
+        batch_size: Positive integer.
+        drop_remainder: Whether to drop the last partial batch.
+
+    Returns:
+        The batched `tf.data.Dataset`.
+    """
+    batched, old_batch_size = describe_batching(dataset)
+    if batched:
+        warnings.warn(
+            "keras_batchtune: the tf.data.Dataset given to fit is already "
+            f"batched (batch size {old_batch_size or 'unknown'}); it is "
+            "unbatched and batched again at each trial's batch size.",
+            UserWarning,
+            stacklevel=2,
+        )
+        dataset = dataset.unbatch()
+    return dataset.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def check_batchable(x):
+    """Checks that the tuner can batch `x` itself.
+
+    Example:
+
+    ```python
+    check_batchable(np.zeros((10, 4)))  # passes
+    ```
+
+    Args:
+        x: The training input given to `fit`.
+
+    Raises:
+        ValueError: if `x` is a `keras.utils.PyDataset`, a generator or
+            another iterator, whose batches are fixed by the user.
+    """
+    if isinstance(x, keras.utils.PyDataset) or (
+        hasattr(x, "__next__") and not isinstance(x, tf.data.Dataset)
+    ):
+        raise ValueError(
+            "`x`: BatchTuner sets the batch size of each trial, so it needs "
+            f"{DATA_TYPES_HELP}. Received: x of type {type(x).__name__}, "
+            "whose batches are fixed. Pass the unbatched data instead, or "
+            "set `batch_size` yourself in `HyperModel.fit`."
+        )
+
+
+def count_examples(x, validation_split=0.0):
+    """Counts the training examples in one pass over `x`.
+
+    Example:
+
+    ```python
+    count_examples(np.zeros((100, 4)), validation_split=0.2)  # 80
+    ```
+
+    Args:
+        x: Arrays or tensors (possibly nested), or an unbatched
+            `tf.data.Dataset`.
+        validation_split: The `fit` argument of that name, for arrays.
+
+    Returns:
+        The number of examples, or None when it cannot be known (an infinite
+        or unknown-size dataset).
+    """
+    if x is None:
+        return None
+    if isinstance(x, tf.data.Dataset):
+        cardinality = int(x.cardinality())
+        return cardinality if cardinality >= 0 else None
+    leaves = tf.nest.flatten(x)
+    if not leaves or not hasattr(leaves[0], "shape"):
+        return None
+    num_examples = int(leaves[0].shape[0])
+    if validation_split:
+        num_examples = int(math.floor(num_examples * (1.0 - validation_split)))
+    return num_examples

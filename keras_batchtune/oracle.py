@@ -1,0 +1,151 @@
+"""The random-search oracle of `BatchTuner`: an out-of-memory batch ceiling."""
+
+import random
+
+import keras_tuner
+from keras_tuner.engine import trial as trial_module
+
+from keras_batchtune import space
+
+OUT_OF_MEMORY_AT_BATCH_SIZE = "out_of_memory_at_batch_size"
+DIVERGED_AT_EPOCH = "diverged_at_epoch"
+_REASON_MESSAGES = {
+    OUT_OF_MEMORY_AT_BATCH_SIZE: "out of memory at batch {}",
+    DIVERGED_AT_EPOCH: "diverged at epoch {}",
+}
+
+
+def failure_reason(trial):
+    """Returns the informative reason a trial ended without a score, or None.
+
+    Example:
+
+    ```python
+    failure_reason(trial)  # "out of memory at batch 512"
+    ```
+
+    Args:
+        trial: A `keras_tuner.engine.trial.Trial`.
+
+    Returns:
+        `"out of memory at batch B"`, `"diverged at epoch K"`, or None.
+    """
+    for name, template in _REASON_MESSAGES.items():
+        if trial.metrics.exists(name):
+            return template.format(int(trial.metrics.get_last_value(name)))
+    return None
+
+
+class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
+    """Random search that learns which batch sizes run out of memory.
+
+    Behaves as `keras_tuner.oracles.RandomSearchOracle`, and:
+
+    - a trial reported with the metric `out_of_memory_at_batch_size` = B sets
+      the ceiling: no batch size >= B is proposed again; the ceiling is part of
+      the saved oracle state, so it survives a resumed search and is shared by
+      every worker of a distributed search;
+    - trials that ran out of memory or diverged (metric `diverged_at_epoch`)
+      end FAILED with that reason as their message, and do not count toward
+      `max_consecutive_failed_trials`.
+
+    Example:
+
+    ```python
+    oracle = BatchSearchOracle(objective="val_loss", max_trials=10)
+    ```
+
+    Args:
+        **kwargs: The arguments of `keras_tuner.oracles.RandomSearchOracle`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batch_size_ceiling = None
+
+    def populate_space(self, trial_id):
+        batch_hp = self._batch_size_hyperparameter()
+        if batch_hp is None or self.batch_size_ceiling is None:
+            return super().populate_space(trial_id)
+        allowed = space.below_ceiling(
+            space.hyperparameter_values(batch_hp.get_config()) or [],
+            self.batch_size_ceiling,
+        )
+        if not allowed:
+            print(
+                "BatchTuner: stopping the search, every batch size in the "
+                "search space ran out of memory (the smallest failing one "
+                f"was {self.batch_size_ceiling})."
+            )
+            return {"status": trial_module.TrialStatus.STOPPED, "values": None}
+        for _ in range(self._max_collisions):
+            response = super().populate_space(trial_id)
+            values = response["values"]
+            if values is None or values.get(space.BATCH_SIZE) is None:
+                return response
+            if values[space.BATCH_SIZE] >= self.batch_size_ceiling:
+                values[space.BATCH_SIZE] = random.Random(
+                    self._seed_state
+                ).choice(allowed)
+                self._seed_state += 1
+            if not self._duplicate(values):
+                return response
+        return {"status": trial_module.TrialStatus.STOPPED, "values": None}
+
+    def _batch_size_hyperparameter(self):
+        for hp in self.hyperparameters.space:
+            if hp.name == space.BATCH_SIZE:
+                return hp
+        return None
+
+    @keras_tuner.synchronized
+    def update_trial(self, trial_id, metrics, step=0):
+        reasons = {k: v for k, v in metrics.items() if k in _REASON_MESSAGES}
+        if not reasons:
+            return super().update_trial(trial_id, metrics, step=step)
+        trial = self.trials[trial_id]
+        for name, value in reasons.items():
+            trial.metrics.update(name, value, step=step)
+        if OUT_OF_MEMORY_AT_BATCH_SIZE in reasons:
+            batch_size = int(reasons[OUT_OF_MEMORY_AT_BATCH_SIZE])
+            if self.batch_size_ceiling is None or batch_size < (
+                self.batch_size_ceiling
+            ):
+                self.batch_size_ceiling = batch_size
+        self._save_trial(trial)
+        self.save()
+        return trial
+
+    @keras_tuner.synchronized
+    def end_trial(self, trial):
+        reason = failure_reason(self.trials[trial.trial_id])
+        if reason is not None:
+            trial.status = trial_module.TrialStatus.FAILED
+            trial.message = reason
+        super().end_trial(trial)
+
+    def _check_consecutive_failures(self):
+        consecutive_failures = 0
+        for trial_id in self.end_order:
+            trial = self.trials[trial_id]
+            if failure_reason(trial) is not None:
+                continue
+            if trial.status == trial_module.TrialStatus.FAILED:
+                consecutive_failures += 1
+            else:
+                consecutive_failures = 0
+            if consecutive_failures == self.max_consecutive_failed_trials:
+                raise RuntimeError(
+                    "Number of consecutive failures exceeded the limit "
+                    f"of {self.max_consecutive_failed_trials}.\n"
+                    + (trial.message or "")
+                )
+
+    def get_state(self):
+        state = super().get_state()
+        state["batch_size_ceiling"] = self.batch_size_ceiling
+        return state
+
+    def set_state(self, state):
+        super().set_state(state)
+        self.batch_size_ceiling = state.get("batch_size_ceiling")

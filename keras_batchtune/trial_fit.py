@@ -1,0 +1,260 @@
+"""One trial's `model.fit`: batch size injected, learning rate coupled, timed."""
+
+import math
+import time
+
+import keras
+import tensorflow as tf
+from keras_tuner import errors
+
+from keras_batchtune import coupling
+from keras_batchtune import data
+from keras_batchtune import memory
+from keras_batchtune import scaling
+
+KERAS_DEFAULT_BATCH_SIZE = 32
+
+EFFECTIVE_LEARNING_RATE = "effective_learning_rate"
+EXAMPLES_PER_SECOND = "examples_per_second"
+FIT_SECONDS = "fit_seconds"
+RECORD_NAMES = (EFFECTIVE_LEARNING_RATE, EXAMPLES_PER_SECOND, FIT_SECONDS)
+
+
+class FitRecorder(keras.callbacks.Callback):
+    """Times the training part of each epoch and stops on a NaN/inf loss.
+
+    Only epoch-level hooks are used, so training steps are not slowed down.
+    The training part of an epoch ends where validation begins.
+
+    Example:
+
+    ```python
+    recorder = FitRecorder(examples_per_epoch=len(x))
+    model.fit(x, y, epochs=3, callbacks=[recorder])
+    recorder.epoch_train_seconds  # [..., ..., ...]
+    ```
+
+    Args:
+        examples_per_epoch: Training examples in one epoch, for throughput.
+    """
+
+    def __init__(self, examples_per_epoch=0):
+        super().__init__()
+        self.examples_per_epoch = examples_per_epoch
+        self.epoch_train_seconds = []
+        self.diverged_at_epoch = None
+        self._epoch_start = None
+        self._train_end = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+        self._train_end = None
+
+    def on_test_begin(self, logs=None):
+        if self._epoch_start is not None and self._train_end is None:
+            self._train_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        end = self._train_end or time.perf_counter()
+        self.epoch_train_seconds.append(end - self._epoch_start)
+        self._epoch_start = None
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.diverged_at_epoch = epoch + 1
+            self.model.stop_training = True
+
+
+class TrialFit:
+    """Runs a model's `fit` at a trial's batch size with the coupled LR.
+
+    `install(model)` replaces `model.fit` on that one model object, so that a
+    `HyperModel.fit` of the user's, which calls `model.fit(*args, **kwargs)`,
+    trains at the searched batch size without knowing about it. A
+    `batch_size` the user's code passes itself wins, and the learning rate is
+    coupled to that one.
+
+    Example:
+
+    ```python
+    trial_fit = TrialFit(batch_size=256, reference_batch_size=32)
+    trial_fit.install(model)
+    model.fit(x, y, epochs=2)  # batch 256, learning rate x 8
+    trial_fit.records()
+    ```
+
+    Args:
+        batch_size: The trial's batch size, or None for the reference one.
+        reference_batch_size: The batch size the compiled learning rate was
+            chosen for, or None to take a batched dataset's batch size, or
+            Keras's default of 32.
+        lr_scaling: A rule accepted by `keras_batchtune.scale_learning_rate`.
+        warmup_epochs: Epochs of linear warmup to the scaled learning rate.
+    """
+
+    def __init__(
+        self,
+        batch_size=None,
+        reference_batch_size=None,
+        lr_scaling="linear",
+        warmup_epochs=0,
+    ):
+        self.batch_size = batch_size
+        self.reference_batch_size = reference_batch_size
+        self.lr_scaling = lr_scaling
+        self.warmup_epochs = warmup_epochs
+        self.batch_size_used = None
+        self.tuner_set_batch_size = False
+        self.out_of_memory_batch_size = None
+        self.effective_learning_rate = None
+        self.fit_seconds = 0.0
+        self._base_learning_rate = None
+        self._recorders = []
+
+    def install(self, model):
+        """Makes `model.fit` run through this object.
+
+        Args:
+            model: A compiled `keras.Model`.
+        """
+        original_fit = model.fit
+
+        def fit(*args, **kwargs):
+            return self._fit(model, original_fit, *args, **kwargs)
+
+        model.fit = fit
+
+    @property
+    def diverged_at_epoch(self):
+        """The 1-based epoch whose loss was NaN or inf, or None."""
+        for recorder in self._recorders:
+            if recorder.diverged_at_epoch is not None:
+                return recorder.diverged_at_epoch
+        return None
+
+    def records(self):
+        """Returns the trial records measured by the fits run so far.
+
+        Returns:
+            A dict with `effective_learning_rate`, `examples_per_second` and
+            `fit_seconds`; empty if no fit ran. Throughput leaves out the first
+            epoch (graph tracing) whenever there are several.
+        """
+        if not self._recorders:
+            return {}
+        records = {
+            EFFECTIVE_LEARNING_RATE: self.effective_learning_rate,
+            FIT_SECONDS: self.fit_seconds,
+        }
+        examples, seconds = 0, 0.0
+        for recorder in self._recorders:
+            epochs = recorder.epoch_train_seconds
+            timed = epochs[1:] if len(epochs) > 1 else epochs
+            examples += recorder.examples_per_epoch * len(timed)
+            seconds += sum(timed)
+        if seconds > 0:
+            records[EXAMPLES_PER_SECOND] = examples / seconds
+        return {k: v for k, v in records.items() if v is not None}
+
+    def _reference(self, x):
+        if self.reference_batch_size is not None:
+            return self.reference_batch_size
+        if isinstance(x, tf.data.Dataset):
+            batched, batch_size = data.describe_batching(x)
+            if batched and batch_size:
+                return batch_size
+        return KERAS_DEFAULT_BATCH_SIZE
+
+    def _fit(self, model, original_fit, *args, **kwargs):
+        try:
+            args, kwargs = self._prepare(model, list(args), kwargs)
+        except ValueError as error:
+            # Bad input, or an optimizer without a settable learning rate:
+            # every trial would fail alike, so the search stops here.
+            raise errors.FatalValueError(str(error)) from error
+        start = time.perf_counter()
+        try:
+            return original_fit(*args, **kwargs)
+        except Exception as error:
+            if memory.is_out_of_memory_error(error):
+                self.out_of_memory_batch_size = self.batch_size_used
+            raise
+        finally:
+            self.fit_seconds += time.perf_counter() - start
+
+    def _prepare(self, model, args, kwargs):
+        """Sets the batch size, batches the data and couples the LR."""
+        x = args[0] if args else kwargs.get("x")
+        reference = self._reference(x)
+        num_examples = None
+        if kwargs.get("batch_size") is not None:
+            batch_size = scaling.check_positive_int(
+                "batch_size", kwargs["batch_size"]
+            )
+        else:
+            batch_size = self.batch_size or reference
+            self.tuner_set_batch_size = True
+            data.check_batchable(x)
+            num_examples = _count_unbatched(x, kwargs)
+            if isinstance(x, tf.data.Dataset):
+                x = data.batch_dataset(x, batch_size)
+                if args:
+                    args[0] = x
+                else:
+                    kwargs["x"] = x
+                kwargs.pop("batch_size", None)
+                validation = kwargs.get("validation_data")
+                if isinstance(validation, tf.data.Dataset):
+                    if not data.describe_batching(validation)[0]:
+                        kwargs["validation_data"] = validation.batch(batch_size)
+            else:
+                kwargs["batch_size"] = batch_size
+        self.batch_size_used = batch_size
+        steps_per_epoch = _steps_per_epoch(x, num_examples, batch_size, kwargs)
+        if model.optimizer is not None:
+            self._couple(model.optimizer, batch_size, reference, steps_per_epoch)
+        if kwargs.get("steps_per_epoch") or num_examples is None:
+            num_examples = (steps_per_epoch or 0) * batch_size
+        recorder = FitRecorder(examples_per_epoch=num_examples)
+        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [recorder]
+        self._recorders.append(recorder)
+        return args, kwargs
+
+    def _couple(self, optimizer, batch_size, reference, steps_per_epoch):
+        if self._base_learning_rate is None:
+            self._base_learning_rate = coupling.get_base_learning_rate(
+                optimizer
+            )
+        warmup_steps = 0
+        if self.warmup_epochs:
+            if not steps_per_epoch:
+                raise ValueError(
+                    "`warmup_epochs` needs the number of steps per epoch, "
+                    "which cannot be known for this input; pass "
+                    "`steps_per_epoch` to `search()`."
+                )
+            warmup_steps = max(1, round(self.warmup_epochs * steps_per_epoch))
+        multiplier = scaling.learning_rate_multiplier(
+            batch_size, reference, self.lr_scaling
+        )
+        self.effective_learning_rate = coupling.set_learning_rate_multiplier(
+            optimizer, self._base_learning_rate, multiplier, warmup_steps
+        )
+
+
+def _count_unbatched(x, fit_kwargs):
+    """Counts the training examples of arrays or of an unbatched dataset."""
+    if isinstance(x, tf.data.Dataset) and data.describe_batching(x)[0]:
+        return None
+    return data.count_examples(x, fit_kwargs.get("validation_split") or 0.0)
+
+
+def _steps_per_epoch(x, num_examples, batch_size, fit_kwargs):
+    """The number of training steps `fit` will run per epoch, or None."""
+    if fit_kwargs.get("steps_per_epoch"):
+        return fit_kwargs["steps_per_epoch"]
+    if num_examples:
+        return math.ceil(num_examples / batch_size)
+    if isinstance(x, tf.data.Dataset):
+        cardinality = int(x.cardinality())
+        return cardinality if cardinality > 0 else None
+    return None

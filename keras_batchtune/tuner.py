@@ -1,0 +1,332 @@
+"""`BatchTuner`: random search over batch size, with the learning rate coupled."""
+
+import numbers
+
+import keras
+import keras_tuner
+from keras_tuner import errors
+
+from keras_batchtune import coupling
+from keras_batchtune import data
+from keras_batchtune import oracle as oracle_module
+from keras_batchtune import scaling
+from keras_batchtune import space
+from keras_batchtune import trial_fit
+
+
+class BatchTuner(keras_tuner.Tuner):
+    """Random search that makes batch size a searched hyperparameter.
+
+    A drop-in replacement for `keras_tuner.RandomSearch`: same arguments,
+    methods, directory layout and resume behaviour. In addition:
+
+    - the batch size is searched, as
+      `hp.Int("batch_size", min_batch_size, max_batch_size, step=2,
+      sampling="log")`, unless the hypermodel registers its own
+      `"batch_size"` (in `hyperparameters=`, in `build` or in
+      `HyperModel.fit`); the tuner passes it to `fit` itself;
+    - the learning rate the model is compiled with is the one for the
+      reference batch size; a trial at batch `B` trains with
+      `lr * s(B / base_batch_size)`, `s` given by `lr_scaling`, after an
+      optional linear warmup of `warmup_epochs`;
+    - each trial records `effective_learning_rate`, `examples_per_second`
+      (training) and `fit_seconds`;
+    - a trial that runs out of memory at batch `B` is recorded as
+      "out of memory at batch B" and no batch >= `B` is proposed again; a
+      NaN/inf loss records "diverged at epoch K". Neither counts toward
+      `max_consecutive_failed_trials`.
+
+    Example:
+
+    ```python
+    def build_model(hp):
+        model = keras.Sequential([
+            keras.Input((64,)),
+            keras.layers.Dense(hp.Int("units", 32, 128, step=32),
+                               activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ])
+        model.compile(
+            keras.optimizers.SGD(hp.Float("learning_rate", 1e-2, 1e-1,
+                                          sampling="log"), momentum=0.9),
+            loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    tuner = keras_batchtune.BatchTuner(
+        build_model, objective="val_accuracy", max_trials=8,
+        min_batch_size=16, max_batch_size=512, lr_scaling="linear")
+    tuner.search(x, y, epochs=5, validation_data=(x_val, y_val))
+    ```
+
+    Args:
+        hypermodel: A `keras_tuner.HyperModel`, or a function `hp -> model`.
+        objective: As for `keras_tuner.RandomSearch`.
+        max_trials: Integer, the most trials to run. Defaults to 10.
+        seed: Optional integer, the random seed.
+        hyperparameters: Optional `HyperParameters` registered in advance.
+        tune_new_entries: As for `keras_tuner.RandomSearch`. When False,
+            the tuner's own `batch_size` entry is not added either.
+        allow_new_entries: As for `keras_tuner.RandomSearch`. When False,
+            the tuner's own `batch_size` entry is not added either.
+        max_retries_per_trial: As for `keras_tuner.RandomSearch`.
+        max_consecutive_failed_trials: As for `keras_tuner.RandomSearch`;
+            out-of-memory and diverged trials do not count.
+        min_batch_size: Positive integer, the smallest searched batch size.
+            Defaults to 16.
+        max_batch_size: Positive integer, the largest searched batch size.
+            Defaults to 1024.
+        base_batch_size: Positive integer, the batch size the compiled
+            learning rate was chosen for. Defaults to the `batch_size` given
+            to `search()`, else the batch size of a batched dataset, else 32.
+        lr_scaling: `"linear"` (default), `"sqrt"`, `"none"`, or a callable
+            mapping the batch ratio `B / base_batch_size` to an LR multiplier.
+        warmup_epochs: Non-negative number of epochs over which the learning
+            rate ramps linearly from the base to the scaled one. Defaults to 0.
+        **kwargs: The arguments of `keras_tuner.Tuner`: `directory`,
+            `project_name`, `overwrite`, `executions_per_trial`,
+            `distribution_strategy`, `max_model_size`, `optimizer`, `loss`,
+            `metrics`, `tuner_id`, `logger`.
+
+    Raises:
+        ValueError: for a batch size that is not a positive integer,
+            `min_batch_size > max_batch_size`, an unknown `lr_scaling`, a rule
+            returning a value <= 0, or a negative `warmup_epochs`; raised
+            before anything is written to `directory`.
+    """
+
+    def __init__(
+        self,
+        hypermodel=None,
+        objective=None,
+        max_trials=10,
+        seed=None,
+        hyperparameters=None,
+        tune_new_entries=True,
+        allow_new_entries=True,
+        max_retries_per_trial=0,
+        max_consecutive_failed_trials=3,
+        *,
+        min_batch_size=16,
+        max_batch_size=1024,
+        base_batch_size=None,
+        lr_scaling="linear",
+        warmup_epochs=0,
+        **kwargs,
+    ):
+        grid = space.batch_size_grid(min_batch_size, max_batch_size)
+        if base_batch_size is not None:
+            scaling.check_positive_int("base_batch_size", base_batch_size)
+        reference = base_batch_size or trial_fit.KERAS_DEFAULT_BATCH_SIZE
+        for batch_size in grid + [min_batch_size, max_batch_size]:
+            scaling.learning_rate_multiplier(batch_size, reference, lr_scaling)
+        if (
+            isinstance(warmup_epochs, bool)
+            or not isinstance(warmup_epochs, numbers.Real)
+            or not warmup_epochs >= 0
+        ):
+            raise ValueError(
+                "`warmup_epochs` must be a number >= 0. "
+                f"Received: warmup_epochs={warmup_epochs!r}"
+            )
+        self.min_batch_size = int(min_batch_size)
+        self.max_batch_size = int(max_batch_size)
+        self.base_batch_size = base_batch_size
+        self.lr_scaling = lr_scaling
+        self.warmup_epochs = warmup_epochs
+        self.seed = seed
+        self._search_batch_size = None
+        self._trial_fit = None
+        oracle = oracle_module.BatchSearchOracle(
+            objective=objective,
+            max_trials=max_trials,
+            seed=seed,
+            hyperparameters=hyperparameters,
+            tune_new_entries=tune_new_entries,
+            allow_new_entries=allow_new_entries,
+            max_retries_per_trial=max_retries_per_trial,
+            max_consecutive_failed_trials=max_consecutive_failed_trials,
+        )
+        super().__init__(oracle, hypermodel, **kwargs)
+
+    @property
+    def reference_batch_size(self):
+        """The batch size the compiled learning rate is for, if known yet."""
+        return self.base_batch_size or self._search_batch_size
+
+    def _fit_is_overridden(self):
+        return (
+            type(self.hypermodel).fit is not keras_tuner.HyperModel.fit
+        )
+
+    def _can_add_batch_size(self, hp):
+        return (
+            self.hypermodel is not None
+            and self.oracle.tune_new_entries
+            and self.oracle.allow_new_entries
+            and all(p.name != space.BATCH_SIZE for p in hp.space)
+        )
+
+    def _register_batch_size(self, hp):
+        return hp.Int(
+            space.BATCH_SIZE,
+            self.min_batch_size,
+            self.max_batch_size,
+            step=2,
+            sampling="log",
+        )
+
+    def _populate_initial_space(self):
+        super()._populate_initial_space()
+        hp = self.oracle.get_space()
+        # A `HyperModel.fit` of the user's may register "batch_size" itself:
+        # that is only seen once it has run, so the tuner's entry then joins
+        # the space after the first trial (see `_build_and_fit_model`).
+        if self._can_add_batch_size(hp) and not self._fit_is_overridden():
+            self._register_batch_size(hp)
+            self.oracle.update_space(hp)
+
+    def search(self, *fit_args, **fit_kwargs):
+        """Searches batch size and the other hyperparameters.
+
+        Takes the arguments of `model.fit` (and of `keras_tuner.Tuner.search`).
+        A `batch_size` given here is not used for training: it is taken as the
+        batch size the compiled learning rate was chosen for (unless
+        `base_batch_size` was given), and the batch size is still searched.
+
+        Args:
+            *fit_args: Positional arguments for `fit`, such as `x` and `y`.
+            **fit_kwargs: Keyword arguments for `fit`.
+
+        Raises:
+            ValueError: if `batch_size` is not a positive integer, or `x` is
+                data whose batches the tuner cannot set.
+        """
+        batch_size = fit_kwargs.pop("batch_size", None)
+        if batch_size is not None:
+            self._search_batch_size = scaling.check_positive_int(
+                "batch_size", batch_size
+            )
+            if fit_kwargs.get("verbose", 1) and self.base_batch_size is None:
+                print(
+                    f"BatchTuner: search(batch_size={batch_size}) is the "
+                    "reference batch of the learning-rate coupling; the batch "
+                    "size is still searched in "
+                    f"[{self.min_batch_size}, {self.max_batch_size}]."
+                )
+        if self.hypermodel is not None and not self._fit_is_overridden():
+            x = fit_args[0] if fit_args else fit_kwargs.get("x")
+            data.check_batchable(x)
+        return super().search(*fit_args, **fit_kwargs)
+
+    def _build_and_fit_model(self, trial, *args, **kwargs):
+        hp = trial.hyperparameters
+        self._trial_fit = trial_fit.TrialFit(
+            batch_size=hp.values.get(space.BATCH_SIZE),
+            reference_batch_size=self.reference_batch_size,
+            lr_scaling=self.lr_scaling,
+            warmup_epochs=self.warmup_epochs,
+        )
+        run = self._trial_fit
+        try:
+            results = super()._build_and_fit_model(trial, *args, **kwargs)
+        except Exception as error:
+            if run.out_of_memory_batch_size is not None:
+                self._report_failure(
+                    trial,
+                    oracle_module.OUT_OF_MEMORY_AT_BATCH_SIZE,
+                    run.out_of_memory_batch_size,
+                    error,
+                )
+            raise
+        finally:
+            self._trial_fit = None
+        if run.diverged_at_epoch is not None:
+            self._report_failure(
+                trial, oracle_module.DIVERGED_AT_EPOCH, run.diverged_at_epoch
+            )
+        if run.tuner_set_batch_size and self._can_add_batch_size(hp):
+            # The user's `fit` left the batch size to the tuner: search it
+            # from the next trial on, and record the one used for this trial.
+            self._register_batch_size(hp)
+            hp.values[space.BATCH_SIZE] = run.batch_size_used
+        return _with_records(results, run.records(), self.oracle.objective)
+
+    def _report_failure(self, trial, reason, value, error=None):
+        self.oracle.update_trial(trial.trial_id, {reason: value})
+        message = oracle_module.failure_reason(
+            self.oracle.get_trial(trial.trial_id)
+        )
+        raise errors.FailedTrialError(message) from error
+
+    def _try_build(self, hp):
+        model = super()._try_build(hp)
+        if self._trial_fit is not None:
+            self._trial_fit.install(model)
+        return model
+
+    def load_model(self, trial):
+        """Loads a trial's model, its optimizer at the trial's effective LR.
+
+        Args:
+            trial: A `Trial` of this search.
+
+        Returns:
+            The `keras.Model` with the weights of its best epoch; continuing
+            `fit` trains at the learning rate the trial used.
+        """
+        model = super().load_model(trial)
+        name = trial_fit.EFFECTIVE_LEARNING_RATE
+        if model.optimizer is not None and trial.metrics.exists(name):
+            effective = trial.metrics.get_last_value(name)
+            base = coupling.get_base_learning_rate(model.optimizer)
+            coupling.set_learning_rate_multiplier(
+                model.optimizer, base, effective / coupling.initial_value(base)
+            )
+        return model
+
+    def results_summary(self, num_trials=10):
+        """Prints the best trials, with their batch-size records.
+
+        Each trial shows its hyperparameters, score, and the
+        `effective_learning_rate`, `examples_per_second` and `fit_seconds`
+        it recorded, or why it has no score.
+
+        Args:
+            num_trials: Optional number of trials to display. Defaults to 10.
+        """
+        print("Results summary")
+        print(f"Results in {self.project_dir}")
+        print(f"Showing {num_trials} best trials")
+        print(f"{self.oracle.objective}")
+        for trial in self.oracle.get_best_trials(num_trials):
+            print()
+            trial.summary()
+            for name in trial_fit.RECORD_NAMES:
+                if trial.metrics.exists(name):
+                    value = trial.metrics.get_last_value(name)
+                    print(f"{name}: {value:.6g}")
+
+    def get_state(self):
+        state = super().get_state()
+        state["search_batch_size"] = self._search_batch_size
+        return state
+
+    def set_state(self, state):
+        super().set_state(state)
+        self._search_batch_size = state.get("search_batch_size")
+
+
+def _with_records(results, records, objective):
+    """Adds the trial records to what `HyperModel.fit` returned."""
+    if not records:
+        return results
+    if isinstance(results, keras.callbacks.History):
+        epochs = max((len(v) for v in results.history.values()), default=1)
+        for name, value in records.items():
+            results.history[name] = [value] * epochs
+        return results
+    if isinstance(results, dict):
+        return {**results, **records}
+    if isinstance(results, numbers.Real):
+        return {objective.name: float(results), **records}
+    return results
