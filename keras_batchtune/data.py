@@ -2,9 +2,13 @@
 
 import math
 import warnings
+import weakref
 
 import keras
 import tensorflow as tf
+
+# Examples counted in batched datasets, so each is read through only once.
+_EXAMPLE_COUNTS = weakref.WeakKeyDictionary()
 
 DATA_TYPES_HELP = (
     "numpy arrays, tensors (or nested dicts/lists of them), or an unbatched "
@@ -55,7 +59,9 @@ def batch_dataset(dataset, batch_size, drop_remainder=False):
     """Batches a dataset at `batch_size`, re-batching one already batched.
 
     An already batched dataset is unbatched first, with a one-line warning:
-    its batch size was chosen by hand, and the tuner replaces it.
+    its batch size was chosen by hand, and the tuner replaces it. Its examples
+    are counted (one pass, once per dataset object) so that the re-batched
+    dataset keeps a known number of steps per epoch.
 
     Example:
 
@@ -80,7 +86,18 @@ def batch_dataset(dataset, batch_size, drop_remainder=False):
             UserWarning,
             stacklevel=2,
         )
-        dataset = dataset.unbatch()
+        num_examples = count_examples(dataset)
+        dataset = dataset.unbatch().batch(
+            batch_size, drop_remainder=drop_remainder
+        )
+        if num_examples is not None:
+            round_steps = math.floor if drop_remainder else math.ceil
+            dataset = dataset.apply(
+                tf.data.experimental.assert_cardinality(
+                    round_steps(num_examples / batch_size)
+                )
+            )
+        return dataset
     return dataset.batch(batch_size, drop_remainder=drop_remainder)
 
 
@@ -121,19 +138,29 @@ def count_examples(x, validation_split=0.0):
     ```
 
     Args:
-        x: Arrays or tensors (possibly nested), or an unbatched
-            `tf.data.Dataset`.
+        x: Arrays or tensors (possibly nested), or a `tf.data.Dataset`; the
+            examples of a batched dataset are counted by reading it once.
         validation_split: The `fit` argument of that name, for arrays.
 
     Returns:
         The number of examples, or None when it cannot be known (an infinite
-        or unknown-size dataset).
+        dataset, or an unbatched one of unknown size).
     """
     if x is None:
         return None
     if isinstance(x, tf.data.Dataset):
         cardinality = int(x.cardinality())
-        return cardinality if cardinality >= 0 else None
+        if cardinality == tf.data.INFINITE_CARDINALITY:
+            return None
+        if not describe_batching(x)[0]:
+            return cardinality if cardinality >= 0 else None
+        if x not in _EXAMPLE_COUNTS:
+            _EXAMPLE_COUNTS[x] = int(
+                x.unbatch().reduce(
+                    tf.constant(0, tf.int64), lambda count, _: count + 1
+                )
+            )
+        return _EXAMPLE_COUNTS[x]
     leaves = tf.nest.flatten(x)
     if not leaves or not hasattr(leaves[0], "shape"):
         return None

@@ -194,7 +194,7 @@ class TrialFit:
             batch_size = self.batch_size or reference
             self.tuner_set_batch_size = True
             data.check_batchable(x)
-            num_examples = _count_unbatched(x, kwargs)
+            num_examples = _count_examples(x, kwargs)
             if isinstance(x, tf.data.Dataset):
                 x = data.batch_dataset(x, batch_size)
                 if args:
@@ -241,10 +241,8 @@ class TrialFit:
         )
 
 
-def _count_unbatched(x, fit_kwargs):
-    """Counts the training examples of arrays or of an unbatched dataset."""
-    if isinstance(x, tf.data.Dataset) and data.describe_batching(x)[0]:
-        return None
+def _count_examples(x, fit_kwargs):
+    """Counts the training examples of one epoch, or None if unknown."""
     return data.count_examples(x, fit_kwargs.get("validation_split") or 0.0)
 
 

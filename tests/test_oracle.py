@@ -1,0 +1,95 @@
+import keras_tuner
+import pytest
+
+from keras_batchtune import oracle as oracle_module
+
+
+def make_oracle(tmp_path, name="project", **kwargs):
+    hp = keras_tuner.HyperParameters()
+    hp.Int("batch_size", 16, 1024, step=2, sampling="log")
+    hp.Float("learning_rate", 1e-3, 1e-1, sampling="log")
+    oracle = oracle_module.BatchSearchOracle(
+        objective="val_loss",
+        max_trials=kwargs.pop("max_trials", 30),
+        hyperparameters=hp,
+        seed=kwargs.pop("seed", 1),
+        **kwargs,
+    )
+    oracle._set_project_dir(str(tmp_path), name)
+    return oracle
+
+
+def run_trial(oracle, metrics=None, tuner_id="tuner0"):
+    trial = oracle.create_trial(tuner_id)
+    if trial.status != "RUNNING":
+        return trial
+    if metrics is None:
+        oracle.update_trial(trial.trial_id, {"val_loss": 1.0})
+        trial.status = "COMPLETED"
+    else:
+        oracle.update_trial(trial.trial_id, metrics)
+        trial.status = "FAILED"
+    oracle.end_trial(trial)
+    return oracle.get_trial(trial.trial_id)
+
+
+def test_out_of_memory_sets_a_ceiling_that_is_never_proposed_again(tmp_path):
+    oracle = make_oracle(tmp_path)
+    trial = run_trial(
+        oracle, {oracle_module.OUT_OF_MEMORY_AT_BATCH_SIZE: 128}
+    )
+    assert oracle.batch_size_ceiling == 128
+    assert trial.status == "FAILED"
+    assert trial.message == "out of memory at batch 128"
+    proposed = [
+        run_trial(oracle).hyperparameters["batch_size"] for _ in range(20)
+    ]
+    assert max(proposed) < 128
+    assert set(proposed) <= {16, 32, 64}
+
+
+def test_ceiling_only_moves_down(tmp_path):
+    oracle = make_oracle(tmp_path)
+    run_trial(oracle, {oracle_module.OUT_OF_MEMORY_AT_BATCH_SIZE: 256})
+    run_trial(oracle, {oracle_module.OUT_OF_MEMORY_AT_BATCH_SIZE: 512})
+    assert oracle.batch_size_ceiling == 256
+
+
+def test_ceiling_survives_save_and_reload(tmp_path):
+    oracle = make_oracle(tmp_path)
+    run_trial(oracle, {oracle_module.OUT_OF_MEMORY_AT_BATCH_SIZE: 64})
+    reloaded = make_oracle(tmp_path)
+    reloaded.reload()
+    assert reloaded.batch_size_ceiling == 64
+    assert oracle_module.failure_reason(reloaded.get_trial("00")) == (
+        "out of memory at batch 64"
+    )
+
+
+def test_informative_failures_do_not_count_as_consecutive(tmp_path):
+    oracle = make_oracle(tmp_path, max_consecutive_failed_trials=2)
+    for _ in range(3):
+        run_trial(oracle, {oracle_module.DIVERGED_AT_EPOCH: 2})
+    run_trial(oracle, {oracle_module.OUT_OF_MEMORY_AT_BATCH_SIZE: 1024})
+    messages = [t.message for t in oracle.trials.values()]
+    assert messages.count("diverged at epoch 2") == 3
+    # Two real failures in a row still stop the search.
+    for _ in range(2):
+        trial = oracle.create_trial("tuner0")
+        trial.status = "FAILED"
+        trial.message = "boom"
+        if len(oracle.end_order) == 5:
+            with pytest.raises(RuntimeError, match="consecutive failures"):
+                oracle.end_trial(trial)
+        else:
+            oracle.end_trial(trial)
+
+
+def test_search_stops_when_nothing_fits(tmp_path, capsys):
+    oracle = make_oracle(tmp_path)
+    run_trial(oracle, {oracle_module.OUT_OF_MEMORY_AT_BATCH_SIZE: 16})
+    trial = oracle.create_trial("tuner0")
+    assert trial.status == "STOPPED"
+    assert "every batch size in the search space ran out of memory" in (
+        capsys.readouterr().out
+    )
