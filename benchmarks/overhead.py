@@ -68,14 +68,30 @@ SIDES = ("plain", "batchtune", "randomsearch")
 
 # (key, numerator, denominator, description), each per round.
 RATIOS = (
-    ("a", "batchtune.trial_seconds", "plain.wall_seconds",
-     "BatchTuner trial / plain build+fit"),
-    ("b", "batchtune.trial_seconds", "randomsearch.trial_seconds",
-     "BatchTuner trial / RandomSearch trial"),
-    ("c", "batchtune.fit_seconds", "plain.fit_seconds",
-     "BatchTuner fit_seconds / plain fit"),
-    ("d", "randomsearch.trial_seconds", "plain.wall_seconds",
-     "RandomSearch trial / plain build+fit"),
+    (
+        "a",
+        "batchtune.trial_seconds",
+        "plain.wall_seconds",
+        "BatchTuner trial / plain build+fit",
+    ),
+    (
+        "b",
+        "batchtune.trial_seconds",
+        "randomsearch.trial_seconds",
+        "BatchTuner trial / RandomSearch trial",
+    ),
+    (
+        "c",
+        "batchtune.fit_seconds",
+        "plain.fit_seconds",
+        "BatchTuner fit_seconds / plain fit",
+    ),
+    (
+        "d",
+        "randomsearch.trial_seconds",
+        "plain.wall_seconds",
+        "RandomSearch trial / plain build+fit",
+    ),
 )
 
 
@@ -90,33 +106,49 @@ def parse_args(argv=None):
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true",
-        help="Smoke test: 1 round of 2 epochs; output to the temp folder.")
+        "--quick",
+        action="store_true",
+        help="Smoke test: 1 round of 2 epochs; output to the temp folder.",
+    )
     parser.add_argument(
-        "--repeats", type=int, default=None,
-        help="Measured rounds, after one warm-up round (default 12; "
-             "1 with --quick).")
+        "--repeats",
+        type=int,
+        default=None,
+        help="Measured rounds, after one warm-up round (default 15; "
+        "1 with --quick).",
+    )
     parser.add_argument(
-        "--epochs", type=int, default=None,
-        help="Epochs per fit (default 10; 2 with --quick).")
+        "--epochs",
+        type=int,
+        default=None,
+        help="Epochs per fit (default 10; 2 with --quick).",
+    )
     parser.add_argument(
-        "--batch-size", type=int, default=128, help="Batch size B.")
+        "--batch-size", type=int, default=128, help="Batch size B."
+    )
     parser.add_argument(
-        "--learning-rate", type=float, default=0.1,
-        help="SGD learning rate (momentum 0.9).")
+        "--learning-rate",
+        type=float,
+        default=0.1,
+        help="SGD learning rate (momentum 0.9).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Random seed.")
     parser.add_argument(
-        "--output", type=pathlib.Path, default=None,
-        help=f"JSON output path (default {DEFAULT_OUTPUT}).")
+        "--output",
+        type=pathlib.Path,
+        default=None,
+        help=f"JSON output path (default {DEFAULT_OUTPUT}).",
+    )
     args = parser.parse_args(argv)
     if args.repeats is None:
-        args.repeats = 1 if args.quick else 12
+        args.repeats = 1 if args.quick else 15
     if args.epochs is None:
         args.epochs = 2 if args.quick else 10
     if args.output is None:
         args.output = (
             pathlib.Path(tempfile.gettempdir()) / "overhead_quick.json"
-            if args.quick else DEFAULT_OUTPUT
+            if args.quick
+            else DEFAULT_OUTPUT
         )
     for name in ("repeats", "epochs", "batch_size"):
         if getattr(args, name) < 1:
@@ -142,23 +174,39 @@ def load_data(seed):
     return x_train, y_train, x_val, y_val
 
 
-def make_build_model(learning_rate):
+def make_build_model(learning_rate, seed):
     """Returns the model-building function shared by all three sides.
+
+    The initializers are seeded, so that every side starts from the same
+    weights whatever the tuner builds beforehand.
 
     Args:
         learning_rate: Float, the SGD learning rate, registered as
             `hp.Fixed("learning_rate", ...)`.
+        seed: Integer, the seed of the weight initializers.
 
     Returns:
         A function `hp -> compiled keras.Model`.
     """
 
     def build_model(hp):
-        model = keras.Sequential([
-            keras.Input((64,)),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ])
+        model = keras.Sequential(
+            [
+                keras.Input((64,)),
+                keras.layers.Dense(
+                    128,
+                    activation="relu",
+                    kernel_initializer=keras.initializers.GlorotUniform(seed),
+                ),
+                keras.layers.Dense(
+                    10,
+                    activation="softmax",
+                    kernel_initializer=keras.initializers.GlorotUniform(
+                        seed + 1
+                    ),
+                ),
+            ]
+        )
         model.compile(
             keras.optimizers.SGD(
                 hp.Fixed("learning_rate", learning_rate), momentum=0.9
@@ -193,12 +241,13 @@ def run_plain(data, args):
         `val_accuracy` (best epoch).
     """
     x_train, y_train, x_val, y_val = data
-    build_model = make_build_model(args.learning_rate)
+    build_model = make_build_model(args.learning_rate, args.seed)
     start = time.perf_counter()
     model = build_model(keras_tuner.HyperParameters())
     fit_start = time.perf_counter()
     history = model.fit(
-        x_train, y_train,
+        x_train,
+        y_train,
         batch_size=args.batch_size,
         epochs=args.epochs,
         validation_data=(x_val, y_val),
@@ -224,7 +273,7 @@ def make_tuner(side, directory, args):
         A `keras_tuner.Tuner`.
     """
     common = dict(
-        hypermodel=make_build_model(args.learning_rate),
+        hypermodel=make_build_model(args.learning_rate, args.seed),
         objective=OBJECTIVE,
         max_trials=1,
         seed=args.seed,
@@ -270,7 +319,8 @@ def run_tuner(side, data, args, workdir):
     if side == "randomsearch":
         search_kwargs["batch_size"] = args.batch_size
     tuner.search(
-        x_train, y_train,
+        x_train,
+        y_train,
         epochs=args.epochs,
         validation_data=(x_val, y_val),
         verbose=0,
@@ -283,7 +333,6 @@ def run_tuner(side, data, args, workdir):
     timing = {
         "setup_seconds": search_start - start,
         "trial_seconds": end - search_start,
-        "val_accuracy": float(trial.score),
     }
     if side == "batchtune":
         metrics = trial.metrics
@@ -294,6 +343,7 @@ def run_tuner(side, data, args, workdir):
                 f"{args.learning_rate}: not the plain configuration."
             )
         timing["fit_seconds"] = metrics.get_last_value(trial_fit.FIT_SECONDS)
+    timing["val_accuracy"] = float(trial.score)
     return timing
 
 
@@ -337,6 +387,7 @@ def summarize(rounds):
         A dict with `seconds` (side -> field -> {median, min, max}) and
         `ratios` (key -> {description, median, min, max, per_round}).
     """
+
     def stats(values):
         return {
             "median": statistics.median(values),
@@ -378,8 +429,7 @@ def format_table(summary, args):
         f"lr {args.learning_rate}, {args.epochs} epochs, "
         f"{args.repeats} rounds (+1 warm-up), {os.cpu_count()} CPUs",
         "",
-        f"{'side':<13} {'field':<14} {'median s':>9} {'min s':>9} "
-        f"{'max s':>9}",
+        f"{'side':<13} {'field':<14} {'median s':>9} {'min s':>9} {'max s':>9}",
     ]
     for side, fields in summary["seconds"].items():
         for field, values in fields.items():
