@@ -114,7 +114,7 @@ def parse_args(argv=None):
         "--repeats",
         type=int,
         default=None,
-        help="Measured rounds, after one warm-up round (default 15; "
+        help="Measured rounds, after one warm-up round (default 20; "
         "1 with --quick).",
     )
     parser.add_argument(
@@ -141,7 +141,7 @@ def parse_args(argv=None):
     )
     args = parser.parse_args(argv)
     if args.repeats is None:
-        args.repeats = 1 if args.quick else 15
+        args.repeats = 1 if args.quick else 20
     if args.epochs is None:
         args.epochs = 2 if args.quick else 10
     if args.output is None:
@@ -304,7 +304,8 @@ def run_tuner(side, data, args, workdir):
     Returns:
         A dict with `setup_seconds` (constructor), `trial_seconds`
         (`tuner.search`), `val_accuracy` (the trial's score) and, for
-        `batchtune`, the trial's `fit_seconds` record.
+        `batchtune`, the trial's `fit_seconds` record and
+        `outside_fit_seconds` (the trial's time outside `model.fit`).
 
     Raises:
         RuntimeError: if the trial did not complete, or trained at another
@@ -343,6 +344,9 @@ def run_tuner(side, data, args, workdir):
                 f"{args.learning_rate}: not the plain configuration."
             )
         timing["fit_seconds"] = metrics.get_last_value(trial_fit.FIT_SECONDS)
+        timing["outside_fit_seconds"] = (
+            timing["trial_seconds"] - timing["fit_seconds"]
+        )
     timing["val_accuracy"] = float(trial.score)
     return timing
 
@@ -429,11 +433,11 @@ def format_table(summary, args):
         f"lr {args.learning_rate}, {args.epochs} epochs, "
         f"{args.repeats} rounds (+1 warm-up), {os.cpu_count()} CPUs",
         "",
-        f"{'side':<13} {'field':<14} {'median s':>9} {'min s':>9} {'max s':>9}",
+        f"{'side':<13} {'field':<14} {'median':>9} {'min':>9} {'max':>9}",
     ]
     for side, fields in summary["seconds"].items():
         for field, values in fields.items():
-            name = field.replace("_seconds", "")
+            name = field.replace("_seconds", " s")
             if field == "val_accuracy":
                 lines.append(
                     f"{side:<13} {name:<14} {values['median']:>9.4f} "

@@ -67,7 +67,7 @@ def trials_table(oracle):
     """
     header = " ".join(name.rjust(width) for name, width in _COLUMNS)
     lines = [header, "-" * len(header)]
-    for trial_id in sorted(oracle.trials):
+    for trial_id in oracle.start_order:
         row = trial_row(oracle.trials[trial_id])
         lines.append(
             " ".join(

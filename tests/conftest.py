@@ -104,3 +104,13 @@ def lr_log():
     """A fresh `LearningRateLog` callback and its log."""
     LearningRateLog.log = []
     return LearningRateLog()
+
+
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+    """A real MirroredStrategy over the two logical CPU devices.
+
+    One per test session: each new MirroredStrategy in a process restarts its
+    collective instance keys, which can meet a previous strategy's ops.
+    """
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -9,7 +9,6 @@ import os
 import keras
 import keras_tuner
 import pytest
-import tensorflow as tf
 from conftest import make_mlp
 
 from keras_batchtune import BatchTuner
@@ -94,8 +93,10 @@ def test_tensorboard_and_other_callbacks(tmp_path, digits, tuner_class):
 
 
 @pytest.mark.parametrize("tuner_class", TUNERS)
-def test_distribution_strategy(tmp_path, digits, tuner_class):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_distribution_strategy(
+    tmp_path, digits, tuner_class, mirrored_strategy
+):
+    strategy = mirrored_strategy
     assert strategy.num_replicas_in_sync == 2
     tuner = tuner_class(
         build_model, objective="val_accuracy", max_trials=2,

@@ -24,7 +24,8 @@ def search(tuner, digits, **kwargs):
 
 
 def trials(tuner):
-    return [tuner.oracle.trials[i] for i in sorted(tuner.oracle.trials)]
+    """The trials in the order they started (ids are not zero-padded alike)."""
+    return [tuner.oracle.trials[i] for i in tuner.oracle.start_order]
 
 
 def test_batch_size_is_searched_and_learning_rate_coupled(
@@ -506,7 +507,7 @@ def test_killed_search_resumes_without_losing_or_repeating(tmp_path):
     x, y = (x_y.data / 16).astype("float32"), x_y.target
     tuner.search(x[:600], y[:600], validation_data=(x[600:800], y[600:800]),
                  epochs=1, verbose=0)
-    assert sorted(tuner.oracle.trials) == ["0", "1", "2"]
+    assert tuner.oracle.start_order == ["0", "1", "2"]
     assert all(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
     assert first_trial.read_text() == finished  # not run again
     assert tuner.oracle.end_order.count("0") == 1
