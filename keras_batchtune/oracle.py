@@ -9,7 +9,7 @@ from keras_batchtune import space
 
 OUT_OF_MEMORY_AT_BATCH_SIZE = "out_of_memory_at_batch_size"
 DIVERGED_AT_EPOCH = "diverged_at_epoch"
-_REASON_MESSAGES = {
+REASON_MESSAGES = {
     OUT_OF_MEMORY_AT_BATCH_SIZE: "out of memory at batch {}",
     DIVERGED_AT_EPOCH: "diverged at epoch {}",
 }
@@ -30,7 +30,7 @@ def failure_reason(trial):
     Returns:
         `"out of memory at batch B"`, `"diverged at epoch K"`, or None.
     """
-    for name, template in _REASON_MESSAGES.items():
+    for name, template in REASON_MESSAGES.items():
         if trial.metrics.exists(name):
             return template.format(int(trial.metrics.get_last_value(name)))
     return None
@@ -100,7 +100,7 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
 
     @keras_tuner.synchronized
     def update_trial(self, trial_id, metrics, step=0):
-        reasons = {k: v for k, v in metrics.items() if k in _REASON_MESSAGES}
+        reasons = {k: v for k, v in metrics.items() if k in REASON_MESSAGES}
         if not reasons:
             return super().update_trial(trial_id, metrics, step=step)
         trial = self.trials[trial_id]
