@@ -205,4 +205,6 @@ def couple_learning_rate(
     multiplier = scaling.learning_rate_multiplier(
         batch_size, base_batch_size, rule
     )
-    return set_learning_rate_multiplier(optimizer, base, multiplier, warmup_steps)
+    return set_learning_rate_multiplier(
+        optimizer, base, multiplier, warmup_steps
+    )

@@ -90,9 +90,7 @@ def best_line(oracle):
     best = oracle.get_best_trials(1)
     if not best or best[0].score is None:
         return "No trial completed."
-    trial_id, batch, base_lr, effective_lr, score, speed, _ = trial_row(
-        best[0]
-    )
+    trial_id, batch, base_lr, effective_lr, score, speed, _ = trial_row(best[0])
     return (
         f"Best: trial {trial_id}, batch_size={_format(batch)}, "
         f"learning_rate={_format(base_lr)} (effective "

@@ -1,4 +1,4 @@
-"""One trial's `model.fit`: batch size injected, learning rate coupled, timed."""
+"""One trial's `model.fit`: batch size set, learning rate coupled, timed."""
 
 import math
 import time
@@ -211,7 +211,9 @@ class TrialFit:
         self.batch_size_used = batch_size
         steps_per_epoch = _steps_per_epoch(x, num_examples, batch_size, kwargs)
         if model.optimizer is not None:
-            self._couple(model.optimizer, batch_size, reference, steps_per_epoch)
+            self._couple(
+                model.optimizer, batch_size, reference, steps_per_epoch
+            )
         if kwargs.get("steps_per_epoch") or num_examples is None:
             num_examples = (steps_per_epoch or 0) * batch_size
         recorder = FitRecorder(examples_per_epoch=num_examples)

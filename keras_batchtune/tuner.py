@@ -1,4 +1,4 @@
-"""`BatchTuner`: random search over batch size, with the learning rate coupled."""
+"""`BatchTuner`: random search over batch size, the learning rate coupled."""
 
 import gc
 import numbers
@@ -156,9 +156,7 @@ class BatchTuner(keras_tuner.Tuner):
         return self.base_batch_size or self._search_batch_size
 
     def _fit_is_overridden(self):
-        return (
-            type(self.hypermodel).fit is not keras_tuner.HyperModel.fit
-        )
+        return type(self.hypermodel).fit is not keras_tuner.HyperModel.fit
 
     def _can_add_batch_size(self, hp):
         return (
@@ -238,10 +236,7 @@ class BatchTuner(keras_tuner.Tuner):
             warmup_epochs=self.warmup_epochs,
         )
         run = self._trial_fit
-        kwargs["callbacks"] = [
-            checkpoint.defer(callback)
-            for callback in kwargs.get("callbacks") or []
-        ]
+        kwargs["callbacks"] = self._trial_callbacks(kwargs.get("callbacks"))
         try:
             results = super()._build_and_fit_model(trial, *args, **kwargs)
         except Exception as error:
@@ -265,6 +260,28 @@ class BatchTuner(keras_tuner.Tuner):
             self._register_batch_size(hp)
             hp.values[space.BATCH_SIZE] = run.batch_size_used
         return _with_records(results, run.records(), self.oracle.objective)
+
+    def _trial_callbacks(self, callbacks):
+        """Lightens two of KerasTuner's per-trial callbacks (same results).
+
+        - `SaveBestEpoch` writes the checkpoint at every improving epoch; it
+          is deferred to one write at the end of `fit`.
+        - `TunerCallback` forwards batch hooks to `Tuner.on_batch_begin/end`;
+          while those are KerasTuner's no-ops, it is marked `async_safe`, so
+          Keras keeps dispatching batch callbacks asynchronously instead of
+          waiting for every step's logs.
+        """
+        batch_hooks_unused = all(
+            getattr(type(self), name) is getattr(keras_tuner.Tuner, name)
+            for name in ("on_batch_begin", "on_batch_end")
+        )
+        prepared = []
+        for callback in callbacks or []:
+            tuner_callback = type(callback).__name__ == "TunerCallback"
+            if tuner_callback and batch_hooks_unused:
+                callback.async_safe = True
+            prepared.append(checkpoint.defer(callback))
+        return prepared
 
     def _report_failure(self, trial, reason, value, error=None):
         """Tells the oracle why a trial has no score, and ends the trial."""

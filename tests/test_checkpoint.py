@@ -9,7 +9,9 @@ from keras_batchtune import checkpoint
 def test_best_epoch_weights_are_written_once_at_the_end(tmp_path, digits):
     x, y, x_val, y_val = digits
     tuner = BatchTuner(
-        lambda hp: make_mlp(0.05), objective="val_accuracy", max_trials=1,
+        lambda hp: make_mlp(0.05),
+        objective="val_accuracy",
+        max_trials=1,
         directory=tmp_path,
     )
     writes = []
@@ -21,8 +23,7 @@ def test_best_epoch_weights_are_written_once_at_the_end(tmp_path, digits):
 
     checkpoint.DeferredBestEpochCheckpoint.on_train_end = counting_on_train_end
     try:
-        tuner.search(x, y, validation_data=(x_val, y_val), epochs=5,
-                     verbose=0)
+        tuner.search(x, y, validation_data=(x_val, y_val), epochs=5, verbose=0)
     finally:
         checkpoint.DeferredBestEpochCheckpoint.on_train_end = original
     trial = tuner.oracle.get_best_trials(1)[0]

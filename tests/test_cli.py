@@ -10,16 +10,35 @@ from keras_batchtune import cli
 def test_demo_runs_on_bundled_digits(tmp_path):
     logdir = tmp_path / "runs"
     result = subprocess.run(
-        [sys.executable, "-m", "keras_batchtune", "demo", "--max-trials", "2",
-         "--epochs", "1", "--logdir", str(logdir), "--seed", "3"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "keras_batchtune",
+            "demo",
+            "--max-trials",
+            "2",
+            "--epochs",
+            "1",
+            "--logdir",
+            str(logdir),
+            "--seed",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "Search: Running Trial #2" in out  # KerasTuner's progress display
-    for column in ("batch", "base LR", "effective LR", "objective",
-                   "examples/s"):
+    for column in (
+        "batch",
+        "base LR",
+        "effective LR",
+        "objective",
+        "examples/s",
+    ):
         assert column in out
     assert "Best: trial" in out
     assert f"tensorboard --logdir {logdir / 'tensorboard'}" in out

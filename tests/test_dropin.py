@@ -25,8 +25,11 @@ def build_model(hp):
 
 def fit_data(digits):
     x, y, x_val, y_val = digits
-    return (x, y), {"validation_data": (x_val, y_val), "epochs": 1,
-                    "verbose": 0}
+    return (x, y), {
+        "validation_data": (x_val, y_val),
+        "epochs": 1,
+        "verbose": 0,
+    }
 
 
 @pytest.mark.parametrize("tuner_class", TUNERS)
@@ -59,15 +62,23 @@ def test_full_program(tmp_path, digits, tuner_class, capsys):
 
     # Resume: reloading the project keeps its trials; overwrite drops them.
     reloaded = tuner_class(
-        build_model, objective="val_accuracy", max_trials=3,
-        executions_per_trial=2, directory=tmp_path, project_name="program",
+        build_model,
+        objective="val_accuracy",
+        max_trials=3,
+        executions_per_trial=2,
+        directory=tmp_path,
+        project_name="program",
     )
     assert len(reloaded.oracle.trials) == 2
     reloaded.search(*args, **kwargs)
     assert len(reloaded.oracle.trials) == 3
     fresh = tuner_class(
-        build_model, objective="val_accuracy", max_trials=1,
-        directory=tmp_path, project_name="program", overwrite=True,
+        build_model,
+        objective="val_accuracy",
+        max_trials=1,
+        directory=tmp_path,
+        project_name="program",
+        overwrite=True,
     )
     assert len(fresh.oracle.trials) == 0
 
@@ -75,13 +86,16 @@ def test_full_program(tmp_path, digits, tuner_class, capsys):
 @pytest.mark.parametrize("tuner_class", TUNERS)
 def test_tensorboard_and_other_callbacks(tmp_path, digits, tuner_class):
     tuner = tuner_class(
-        build_model, objective="val_accuracy", max_trials=2,
+        build_model,
+        objective="val_accuracy",
+        max_trials=2,
         directory=tmp_path / "project",
     )
     args, kwargs = fit_data(digits)
     logdir = tmp_path / "logs"
     tuner.search(
-        *args, **kwargs,
+        *args,
+        **kwargs,
         callbacks=[
             keras.callbacks.TensorBoard(str(logdir)),
             keras.callbacks.EarlyStopping(patience=1),
@@ -99,14 +113,15 @@ def test_distribution_strategy(
     strategy = mirrored_strategy
     assert strategy.num_replicas_in_sync == 2
     tuner = tuner_class(
-        build_model, objective="val_accuracy", max_trials=2,
-        distribution_strategy=strategy, directory=tmp_path,
+        build_model,
+        objective="val_accuracy",
+        max_trials=2,
+        distribution_strategy=strategy,
+        directory=tmp_path,
     )
     args, kwargs = fit_data(digits)
     tuner.search(*args, **kwargs)
-    assert all(
-        t.status == "COMPLETED" for t in tuner.oracle.trials.values()
-    )
+    assert all(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
     model = tuner.get_best_models()[0]
     assert model.distribute_strategy is strategy
 
@@ -122,7 +137,9 @@ class OwnFitHyperModel(keras_tuner.HyperModel):
 @pytest.mark.parametrize("tuner_class", TUNERS)
 def test_hypermodel_subclass_with_own_fit(tmp_path, digits, tuner_class):
     tuner = tuner_class(
-        OwnFitHyperModel(), objective="val_accuracy", max_trials=2,
+        OwnFitHyperModel(),
+        objective="val_accuracy",
+        max_trials=2,
         directory=tmp_path,
     )
     args, kwargs = fit_data(digits)
@@ -136,21 +153,22 @@ def test_hyperparameters_without_new_entries(tmp_path, digits, tuner_class):
     hp = keras_tuner.HyperParameters()
     hp.Choice("learning_rate", [0.01, 0.05])
     tuner = tuner_class(
-        build_model, objective="val_accuracy", max_trials=2,
-        hyperparameters=hp, tune_new_entries=False, directory=tmp_path,
+        build_model,
+        objective="val_accuracy",
+        max_trials=2,
+        hyperparameters=hp,
+        tune_new_entries=False,
+        directory=tmp_path,
     )
     args, kwargs = fit_data(digits)
     tuner.search(*args, **kwargs)
     assert len(tuner.oracle.trials) == 2
-    assert [p.name for p in tuner.oracle.get_space().space] == [
-        "learning_rate"
-    ]
+    assert [p.name for p in tuner.oracle.get_space().space] == ["learning_rate"]
 
 
 @pytest.mark.parametrize("tuner_class", TUNERS)
 def test_positional_arguments_of_random_search(tmp_path, digits, tuner_class):
-    tuner = tuner_class(build_model, "val_accuracy", 1, 42,
-                        directory=tmp_path)
+    tuner = tuner_class(build_model, "val_accuracy", 1, 42, directory=tmp_path)
     assert tuner.oracle.seed == 42
     args, kwargs = fit_data(digits)
     tuner.search(*args, **kwargs)
@@ -161,8 +179,9 @@ def test_positional_arguments_of_random_search(tmp_path, digits, tuner_class):
 def test_search_with_verbose_zero_prints_nothing(
     tmp_path, digits, tuner_class, capsys
 ):
-    tuner = tuner_class(build_model, objective="val_accuracy", max_trials=1,
-                        directory=tmp_path)
+    tuner = tuner_class(
+        build_model, objective="val_accuracy", max_trials=1, directory=tmp_path
+    )
     args, kwargs = fit_data(digits)
     capsys.readouterr()
     tuner.search(*args, batch_size=64, **kwargs)

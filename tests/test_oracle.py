@@ -35,9 +35,7 @@ def run_trial(oracle, metrics=None, tuner_id="tuner0"):
 
 def test_out_of_memory_sets_a_ceiling_that_is_never_proposed_again(tmp_path):
     oracle = make_oracle(tmp_path)
-    trial = run_trial(
-        oracle, {oracle_module.OUT_OF_MEMORY_AT_BATCH_SIZE: 128}
-    )
+    trial = run_trial(oracle, {oracle_module.OUT_OF_MEMORY_AT_BATCH_SIZE: 128})
     assert oracle.batch_size_ceiling == 128
     assert trial.status == "FAILED"
     assert trial.message == "out of memory at batch 128"

@@ -13,8 +13,11 @@ def test_table_and_best_line(tmp_path):
     )
     oracle._set_project_dir(str(tmp_path), "report")
     records = [
-        {"val_accuracy": 0.9, "effective_learning_rate": 0.05,
-         "examples_per_second": 1000.0},
+        {
+            "val_accuracy": 0.9,
+            "effective_learning_rate": 0.05,
+            "examples_per_second": 1000.0,
+        },
         {oracle_module.OUT_OF_MEMORY_AT_BATCH_SIZE: 512},
     ]
     for metrics in records:

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from keras_batchtune import scaling
 from keras_batchtune import scale_learning_rate
+from keras_batchtune import scaling
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,9 @@ def test_injects_the_batch_size_and_couples_the_learning_rate(digits):
     model = make_mlp(0.05)
     run = trial_fit.TrialFit(batch_size=128, reference_batch_size=32)
     run.install(model)
-    history = model.fit(x, y, epochs=3, validation_data=(x_val, y_val),
-                        verbose=0)
+    history = model.fit(
+        x, y, epochs=3, validation_data=(x_val, y_val), verbose=0
+    )
     assert len(history.history["loss"]) == 3
     assert run.batch_size_used == 128 and run.tuner_set_batch_size
     assert float(model.optimizer.learning_rate) == pytest.approx(0.2)

@@ -92,12 +92,16 @@ def test_search_batch_size_becomes_the_reference(
     tmp_path, digits, lr_log, capsys
 ):
     tuner = BatchTuner(
-        build_mlp, objective="val_accuracy", max_trials=2, seed=5,
+        build_mlp,
+        objective="val_accuracy",
+        max_trials=2,
+        seed=5,
         directory=tmp_path,
     )
     search(tuner, digits, batch_size=64, verbose=1, callbacks=[lr_log])
     notice = [
-        line for line in capsys.readouterr().out.splitlines()
+        line
+        for line in capsys.readouterr().out.splitlines()
         if "search(batch_size=64)" in line
     ]
     assert len(notice) == 1
@@ -110,14 +114,19 @@ def test_search_batch_size_becomes_the_reference(
 
 def test_base_batch_size_wins_over_search_batch_size(tmp_path, digits, lr_log):
     tuner = BatchTuner(
-        build_mlp, objective="val_accuracy", max_trials=1, seed=5,
-        base_batch_size=128, directory=tmp_path,
+        build_mlp,
+        objective="val_accuracy",
+        max_trials=1,
+        seed=5,
+        base_batch_size=128,
+        directory=tmp_path,
     )
     search(tuner, digits, batch_size=64, callbacks=[lr_log])
     trial = trials(tuner)[0]
     expected = (
         trial.hyperparameters["learning_rate"]
-        * trial.hyperparameters["batch_size"] / 128
+        * trial.hyperparameters["batch_size"]
+        / 128
     )
     assert LearningRateLog.log[0]["begin"] == pytest.approx(expected, rel=1e-6)
 
@@ -139,7 +148,7 @@ def test_warmup_ramps_to_the_scaled_rate(tmp_path, digits, lr_log):
     assert len(per_step) == 2 * steps_per_epoch
     assert per_step[0] == pytest.approx(0.05)
     assert per_step[1] == pytest.approx(0.05 * (1 + 3 * 1 / 5))
-    assert np.all(np.diff(per_step[:steps_per_epoch + 1]) > 0)
+    assert np.all(np.diff(per_step[: steps_per_epoch + 1]) > 0)
     assert per_step[steps_per_epoch:] == pytest.approx([0.2] * 5)
     effective = trials(tuner)[0].metrics.get_last_value(
         "effective_learning_rate"
@@ -155,7 +164,10 @@ def test_learning_rate_schedule_is_scaled(tmp_path, digits, lr_log):
     hp = keras_tuner.HyperParameters()
     hp.Fixed("batch_size", 64)
     tuner = BatchTuner(
-        build, objective="val_accuracy", max_trials=1, hyperparameters=hp,
+        build,
+        objective="val_accuracy",
+        max_trials=1,
+        hyperparameters=hp,
         directory=tmp_path,
     )
     search(tuner, digits, callbacks=[lr_log])
@@ -166,7 +178,10 @@ def test_learning_rate_schedule_is_scaled(tmp_path, digits, lr_log):
 
 def test_best_models_carry_the_effective_learning_rate(tmp_path, digits):
     tuner = BatchTuner(
-        build_mlp, objective="val_accuracy", max_trials=3, seed=11,
+        build_mlp,
+        objective="val_accuracy",
+        max_trials=3,
+        seed=11,
         directory=tmp_path,
     )
     search(tuner, digits)
@@ -187,15 +202,24 @@ def test_best_models_carry_the_effective_learning_rate(tmp_path, digits):
 
 def test_results_summary_shows_the_records(tmp_path, digits, capsys):
     tuner = BatchTuner(
-        build_mlp, objective="val_accuracy", max_trials=2, seed=2,
+        build_mlp,
+        objective="val_accuracy",
+        max_trials=2,
+        seed=2,
         directory=tmp_path,
     )
     search(tuner, digits)
     capsys.readouterr()
     tuner.results_summary()
     out = capsys.readouterr().out
-    for name in ("batch_size:", "learning_rate:", "effective_learning_rate:",
-                 "examples_per_second:", "fit_seconds:", "Score:"):
+    for name in (
+        "batch_size:",
+        "learning_rate:",
+        "effective_learning_rate:",
+        "examples_per_second:",
+        "fit_seconds:",
+        "Score:",
+    ):
         assert out.count(name) >= 2, name
 
 
@@ -203,8 +227,12 @@ def test_user_batch_size_in_hyperparameters_is_used(tmp_path, digits, lr_log):
     hp = keras_tuner.HyperParameters()
     hp.Choice("batch_size", [20, 40])
     tuner = BatchTuner(
-        build_mlp, objective="val_accuracy", max_trials=3, seed=1,
-        hyperparameters=hp, directory=tmp_path,
+        build_mlp,
+        objective="val_accuracy",
+        max_trials=3,
+        seed=1,
+        hyperparameters=hp,
+        directory=tmp_path,
     )
     batch_hps = tuner.oracle.hyperparameters._hps["batch_size"]
     assert len(batch_hps) == 1
@@ -223,7 +251,10 @@ def test_user_batch_size_in_build_is_used(tmp_path, digits, lr_log):
         return build_mlp(hp)
 
     tuner = BatchTuner(
-        build, objective="val_accuracy", max_trials=3, seed=1,
+        build,
+        objective="val_accuracy",
+        max_trials=3,
+        seed=1,
         directory=tmp_path,
     )
     search(tuner, digits, callbacks=[lr_log])
@@ -245,8 +276,11 @@ class FitRegistersBatchSize(keras_tuner.HyperModel):
 
 def test_user_batch_size_in_hypermodel_fit_is_used(tmp_path, digits, lr_log):
     tuner = BatchTuner(
-        FitRegistersBatchSize(), objective="val_accuracy", max_trials=4,
-        seed=4, directory=tmp_path,
+        FitRegistersBatchSize(),
+        objective="val_accuracy",
+        max_trials=4,
+        seed=4,
+        directory=tmp_path,
     )
     search(tuner, digits, callbacks=[lr_log])
     batch_hps = tuner.oracle.hyperparameters._hps["batch_size"]
@@ -270,7 +304,10 @@ class FitPassesKwargs(keras_tuner.HyperModel):
 
 def test_hypermodel_with_own_fit_gets_the_batch_size(tmp_path, digits, lr_log):
     tuner = BatchTuner(
-        FitPassesKwargs(), objective="val_accuracy", max_trials=4, seed=9,
+        FitPassesKwargs(),
+        objective="val_accuracy",
+        max_trials=4,
+        seed=9,
         directory=tmp_path,
     )
     search(tuner, digits, callbacks=[lr_log])
@@ -292,8 +329,13 @@ def test_tune_new_entries_false_trains_at_the_reference(
     hp = keras_tuner.HyperParameters()
     hp.Float("learning_rate", 0.01, 0.1, sampling="log")
     tuner = BatchTuner(
-        build_mlp, objective="val_accuracy", max_trials=2, seed=1,
-        hyperparameters=hp, tune_new_entries=False, directory=tmp_path,
+        build_mlp,
+        objective="val_accuracy",
+        max_trials=2,
+        seed=1,
+        hyperparameters=hp,
+        tune_new_entries=False,
+        directory=tmp_path,
     )
     assert [p.name for p in tuner.oracle.hyperparameters.space] == [
         "learning_rate"
@@ -314,11 +356,19 @@ def test_tf_data_inputs(tmp_path, digits, lr_log):
     train = tf.data.Dataset.from_tensor_slices((x, y))
     validation = tf.data.Dataset.from_tensor_slices((x_val, y_val))
     tuner = BatchTuner(
-        build_mlp, objective="val_accuracy", max_trials=2, seed=3,
+        build_mlp,
+        objective="val_accuracy",
+        max_trials=2,
+        seed=3,
         directory=tmp_path / "unbatched",
     )
-    tuner.search(train, validation_data=validation, epochs=1, verbose=0,
-                 callbacks=[lr_log])
+    tuner.search(
+        train,
+        validation_data=validation,
+        epochs=1,
+        verbose=0,
+        callbacks=[lr_log],
+    )
     for trial, logged in zip(trials(tuner), LearningRateLog.log):
         assert trial.status == "COMPLETED"
         batch_size = trial.hyperparameters["batch_size"]
@@ -328,12 +378,20 @@ def test_tf_data_inputs(tmp_path, digits, lr_log):
     # size is the reference batch of the coupling.
     LearningRateLog.log = []
     tuner = BatchTuner(
-        build_mlp, objective="val_accuracy", max_trials=1, seed=3,
+        build_mlp,
+        objective="val_accuracy",
+        max_trials=1,
+        seed=3,
         directory=tmp_path / "batched",
     )
     with pytest.warns(UserWarning, match="already batched \\(batch size 50\\)"):
-        tuner.search(train.batch(50), validation_data=validation.batch(50),
-                     epochs=1, verbose=0, callbacks=[lr_log])
+        tuner.search(
+            train.batch(50),
+            validation_data=validation.batch(50),
+            epochs=1,
+            verbose=0,
+            callbacks=[lr_log],
+        )
     trial = trials(tuner)[0]
     batch_size = trial.hyperparameters["batch_size"]
     assert LearningRateLog.log[0]["steps"] == int(np.ceil(600 / batch_size))
@@ -371,8 +429,12 @@ def test_out_of_memory_trials_set_a_ceiling_and_the_search_goes_on(
 
     def make_tuner(max_trials):
         return BatchTuner(
-            build, objective="val_accuracy", max_trials=max_trials, seed=0,
-            max_consecutive_failed_trials=1, directory=tmp_path,
+            build,
+            objective="val_accuracy",
+            max_trials=max_trials,
+            seed=0,
+            max_consecutive_failed_trials=1,
+            directory=tmp_path,
         )
 
     tuner = make_tuner(8)
@@ -386,7 +448,9 @@ def test_out_of_memory_trials_set_a_ceiling_and_the_search_goes_on(
         assert batch_size > 100
         assert trial.message == f"out of memory at batch {batch_size}"
     ceiling = tuner.oracle.batch_size_ceiling
-    assert ceiling == min(t.hyperparameters["batch_size"] for t in out_of_memory)
+    assert ceiling == min(
+        t.hyperparameters["batch_size"] for t in out_of_memory
+    )
     # No trial is proposed at or above a batch size that already failed.
     known_ceiling = None
     for trial in done:
@@ -414,11 +478,13 @@ def test_diverged_trials_are_marked_and_the_search_goes_on(tmp_path, digits):
     def build(hp):
         # Logits, so that a huge learning rate gives a real NaN loss (a
         # softmax output with clipped cross-entropy would stay finite).
-        model = keras.Sequential([
-            keras.Input((64,)),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(10),
-        ])
+        model = keras.Sequential(
+            [
+                keras.Input((64,)),
+                keras.layers.Dense(32, activation="relu"),
+                keras.layers.Dense(10),
+            ]
+        )
         model.compile(
             keras.optimizers.SGD(hp["learning_rate"], momentum=0.9),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -427,8 +493,12 @@ def test_diverged_trials_are_marked_and_the_search_goes_on(tmp_path, digits):
         return model
 
     tuner = BatchTuner(
-        build, objective="val_accuracy", max_trials=6, seed=0,
-        hyperparameters=hp, max_consecutive_failed_trials=1,
+        build,
+        objective="val_accuracy",
+        max_trials=6,
+        seed=0,
+        hyperparameters=hp,
+        max_consecutive_failed_trials=1,
         directory=tmp_path,
     )
     search(tuner, digits, epochs=3)
@@ -446,18 +516,24 @@ def test_diverged_trials_are_marked_and_the_search_goes_on(tmp_path, digits):
 def test_resume_keeps_finished_trials_and_runs_none_twice(tmp_path, digits):
     def make_tuner(max_trials):
         return BatchTuner(
-            build_mlp, objective="val_accuracy", max_trials=max_trials,
-            seed=21, directory=tmp_path, project_name="resume",
+            build_mlp,
+            objective="val_accuracy",
+            max_trials=max_trials,
+            seed=21,
+            directory=tmp_path,
+            project_name="resume",
         )
 
     first = make_tuner(2)
     search(first, digits)
-    before = {t.trial_id: (t.hyperparameters.values, t.score)
-              for t in trials(first)}
+    before = {
+        t.trial_id: (t.hyperparameters.values, t.score) for t in trials(first)
+    }
     resumed = make_tuner(4)
     search(resumed, digits)
-    after = {t.trial_id: (t.hyperparameters.values, t.score)
-             for t in trials(resumed)}
+    after = {
+        t.trial_id: (t.hyperparameters.values, t.score) for t in trials(resumed)
+    }
     assert len(after) == 4
     for trial_id, record in before.items():
         assert after[trial_id] == record
@@ -470,7 +546,8 @@ def test_killed_search_resumes_without_losing_or_repeating(tmp_path):
     import time
 
     script = tmp_path / "search.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         sys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})
@@ -487,14 +564,18 @@ def test_killed_search_resumes_without_losing_or_repeating(tmp_path):
             directory={str(tmp_path)!r}, project_name="killed")
         tuner.search(x[:600], y[:600], validation_data=(x[600:800], y[600:800]),
                      epochs=int(sys.argv[1]), verbose=0)
-    """))
+    """)
+    )
     process = subprocess.Popen([sys.executable, str(script), "300"])
     first_trial = tmp_path / "killed" / "trial_0" / "trial.json"
     second_trial = tmp_path / "killed" / "trial_1" / "trial.json"
     deadline = time.time() + 120
     try:
         while time.time() < deadline:
-            if second_trial.exists() and '"COMPLETED"' in first_trial.read_text():
+            if (
+                second_trial.exists()
+                and '"COMPLETED"' in first_trial.read_text()
+            ):
                 break
             time.sleep(0.2)
         else:
@@ -505,14 +586,23 @@ def test_killed_search_resumes_without_losing_or_repeating(tmp_path):
     finished = first_trial.read_text()
 
     tuner = BatchTuner(
-        build_mlp, objective="val_accuracy", max_trials=3, seed=4,
-        directory=tmp_path, project_name="killed",
+        build_mlp,
+        objective="val_accuracy",
+        max_trials=3,
+        seed=4,
+        directory=tmp_path,
+        project_name="killed",
     )
     assert tuner.oracle.trials["0"].status == "COMPLETED"
     x_y = pytest.importorskip("sklearn.datasets").load_digits()
     x, y = (x_y.data / 16).astype("float32"), x_y.target
-    tuner.search(x[:600], y[:600], validation_data=(x[600:800], y[600:800]),
-                 epochs=1, verbose=0)
+    tuner.search(
+        x[:600],
+        y[:600],
+        validation_data=(x[600:800], y[600:800]),
+        epochs=1,
+        verbose=0,
+    )
     assert tuner.oracle.start_order == ["0", "1", "2"]
     assert all(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
     assert first_trial.read_text() == finished  # not run again
@@ -539,14 +629,16 @@ def test_killed_search_resumes_without_losing_or_repeating(tmp_path):
 def test_bad_input_is_refused_before_writing(tmp_path, kwargs, name):
     directory = tmp_path / "never"
     with pytest.raises(ValueError, match=f"`{name}`"):
-        BatchTuner(build_mlp, objective="val_accuracy", directory=directory,
-                   **kwargs)
+        BatchTuner(
+            build_mlp, objective="val_accuracy", directory=directory, **kwargs
+        )
     assert not directory.exists()
 
 
 def test_bad_search_batch_size_is_refused(tmp_path, digits):
-    tuner = BatchTuner(build_mlp, objective="val_accuracy", max_trials=1,
-                       directory=tmp_path)
+    tuner = BatchTuner(
+        build_mlp, objective="val_accuracy", max_trials=1, directory=tmp_path
+    )
     with pytest.raises(ValueError, match="`batch_size`"):
         search(tuner, digits, batch_size=0)
 
@@ -558,8 +650,9 @@ def test_optimizer_without_settable_learning_rate_stops_the_search(
         hp.Float("units", 1, 2)
         return make_mlp(optimizer=keras.optimizers.SGD(lambda: 0.01))
 
-    tuner = BatchTuner(build, objective="val_accuracy", max_trials=3,
-                       directory=tmp_path)
+    tuner = BatchTuner(
+        build, objective="val_accuracy", max_trials=3, directory=tmp_path
+    )
     with pytest.raises(ValueError, match="plain callable"):
         search(tuner, digits)
     assert len(tuner.oracle.trials) == 1
