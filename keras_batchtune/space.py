@@ -128,3 +128,37 @@ def below_ceiling(values, ceiling):
     if ceiling is None:
         return list(values)
     return [value for value in values if value < ceiling]
+
+
+def split_batch(batch_size, max_micro_batch_size):
+    """Splits a batch into equal micro-batches that fit a physical limit.
+
+    The number of accumulation steps is the smallest divisor `k` of
+    `batch_size` with `batch_size / k <= max_micro_batch_size`.
+
+    Example:
+
+    ```python
+    split_batch(1024, 300)  # (256, 4)
+    split_batch(96, 40)  # (32, 3)
+    split_batch(64, 64)  # (64, 1)
+    ```
+
+    Args:
+        batch_size: Positive integer, the batch per optimizer update.
+        max_micro_batch_size: Positive integer, the largest batch that fits.
+
+    Returns:
+        A tuple `(micro_batch_size, accumulation_steps)`.
+
+    Raises:
+        ValueError: if an argument is not a positive integer.
+    """
+    scaling.check_positive_int("batch_size", batch_size)
+    scaling.check_positive_int("max_micro_batch_size", max_micro_batch_size)
+    for steps in range(1, batch_size + 1):
+        if batch_size % steps == 0 and batch_size // steps <= (
+            max_micro_batch_size
+        ):
+            return batch_size // steps, steps
+    return 1, batch_size
