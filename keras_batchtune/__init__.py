@@ -2,9 +2,20 @@
 
 from keras_batchtune.coupling import ScaledLearningRate
 from keras_batchtune.coupling import couple_learning_rate
+from keras_batchtune.gradients import gradient_noise_scale
 from keras_batchtune.memory import BatchSizeSearchResult
 from keras_batchtune.memory import Probe
 from keras_batchtune.memory import find_max_batch_size
+from keras_batchtune.noise import NoiseScale
+from keras_batchtune.noise import NoiseScaleTracker
+from keras_batchtune.noise import estimate_noise_scale
+from keras_batchtune.policies import Decision
+from keras_batchtune.policies import GoodputPolicy
+from keras_batchtune.policies import NoiseScalePolicy
+from keras_batchtune.policies import PlateauPolicy
+from keras_batchtune.policies import ResizePolicy
+from keras_batchtune.policies import SchedulePolicy
+from keras_batchtune.policies import get_policy
 from keras_batchtune.scaling import LR_SCALING_RULES
 from keras_batchtune.scaling import scale_learning_rate
 from keras_batchtune.space import batch_size_grid
@@ -15,8 +26,19 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchSizeSearchResult",
     "BatchTuner",
+    "Decision",
+    "GoodputPolicy",
+    "NoiseScale",
+    "NoiseScalePolicy",
+    "NoiseScaleTracker",
+    "PlateauPolicy",
     "Probe",
+    "ResizePolicy",
+    "SchedulePolicy",
+    "estimate_noise_scale",
     "find_max_batch_size",
+    "get_policy",
+    "gradient_noise_scale",
     "LR_SCALING_RULES",
     "ScaledLearningRate",
     "batch_size_grid",
