@@ -15,8 +15,11 @@ class ScaledLearningRate(_Schedule):
     """A learning rate multiplied by a constant, after an optional warmup.
 
     `lr(step) = base(step) * m(step)`, where `m` ramps linearly from 1 to
-    `multiplier` over `warmup_steps` optimizer steps and then stays at
-    `multiplier` (Goyal et al. 2017's gradual warmup).
+    `multiplier` over `warmup_steps` optimizer updates and then stays at
+    `multiplier` (Goyal et al. 2017's gradual warmup). With gradient
+    accumulation Keras evaluates schedules at every micro-step; with
+    `steps_per_update=k` the step is counted in updates (`step // k`), so the
+    base schedule and the warmup advance once per update.
 
     Example:
 
@@ -29,17 +32,22 @@ class ScaledLearningRate(_Schedule):
         base: A float, or a `LearningRateSchedule`, the learning rate at the
             reference batch size.
         multiplier: Positive float, the factor of the scaling rule.
-        warmup_steps: Non-negative integer, the optimizer steps over which the
-            multiplier ramps up from 1.
+        warmup_steps: Non-negative integer, the optimizer updates over which
+            the multiplier ramps up from 1.
+        steps_per_update: Positive integer, the micro-steps per update (the
+            optimizer's `gradient_accumulation_steps`, or 1).
     """
 
-    def __init__(self, base, multiplier, warmup_steps=0):
+    def __init__(self, base, multiplier, warmup_steps=0, steps_per_update=1):
         self.base = base
         self.multiplier = float(multiplier)
         self.warmup_steps = int(warmup_steps)
+        self.steps_per_update = int(steps_per_update)
 
     def __call__(self, step):
         step = keras.ops.cast(step, "float32")
+        if self.steps_per_update > 1:
+            step = keras.ops.floor(step / float(self.steps_per_update))
         if isinstance(self.base, _Schedule):
             base = keras.ops.cast(self.base(step), "float32")
         else:
@@ -57,6 +65,7 @@ class ScaledLearningRate(_Schedule):
             "base": base,
             "multiplier": self.multiplier,
             "warmup_steps": self.warmup_steps,
+            "steps_per_update": self.steps_per_update,
         }
 
     @classmethod
@@ -138,7 +147,11 @@ def initial_value(learning_rate):
 
 
 def set_learning_rate_multiplier(
-    optimizer, base_learning_rate, multiplier, warmup_steps=0
+    optimizer,
+    base_learning_rate,
+    multiplier,
+    warmup_steps=0,
+    steps_per_update=1,
 ):
     """Sets `base_learning_rate * multiplier` on an optimizer, with warmup.
 
@@ -157,7 +170,8 @@ def set_learning_rate_multiplier(
         optimizer: A `keras.optimizers.Optimizer`.
         base_learning_rate: What `get_base_learning_rate` returned for it.
         multiplier: Positive float.
-        warmup_steps: Non-negative integer.
+        warmup_steps: Non-negative integer, in optimizer updates.
+        steps_per_update: Micro-steps per update, with gradient accumulation.
 
     Returns:
         The effective learning rate after warmup (at step 0 for a schedule),
@@ -166,7 +180,7 @@ def set_learning_rate_multiplier(
     inner = _inner_optimizer(optimizer)
     if isinstance(base_learning_rate, _Schedule) or warmup_steps > 0:
         inner.learning_rate = ScaledLearningRate(
-            base_learning_rate, multiplier, warmup_steps
+            base_learning_rate, multiplier, warmup_steps, steps_per_update
         )
     else:
         inner.learning_rate = base_learning_rate * multiplier

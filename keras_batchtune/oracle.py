@@ -9,6 +9,9 @@ from keras_batchtune import space
 
 OUT_OF_MEMORY_AT_BATCH_SIZE = "out_of_memory_at_batch_size"
 DIVERGED_AT_EPOCH = "diverged_at_epoch"
+# Reported when a micro-batch ran out of memory and the trial was retried
+# with more accumulation steps: it lowers the ceiling, the trial goes on.
+OUT_OF_MEMORY_AT_MICRO_BATCH_SIZE = "out_of_memory_at_micro_batch_size"
 REASON_MESSAGES = {
     OUT_OF_MEMORY_AT_BATCH_SIZE: "out of memory at batch {}",
     DIVERGED_AT_EPOCH: "diverged at epoch {}",
@@ -49,6 +52,10 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
       end FAILED with that reason as their message, and do not count toward
       `max_consecutive_failed_trials`.
 
+    With `accumulate=True` the ceiling caps the physical (micro-)batch
+    instead: every batch size stays proposable, and batches at or above the
+    ceiling run with gradient accumulation.
+
     Example:
 
     ```python
@@ -56,16 +63,36 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
     ```
 
     Args:
+        *args: The arguments of `keras_tuner.oracles.RandomSearchOracle`.
+        accumulate: Boolean, whether the tuner accumulates gradients above the
+            ceiling rather than avoiding it. Defaults to False.
         **kwargs: The arguments of `keras_tuner.oracles.RandomSearchOracle`.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, accumulate=False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.accumulate = accumulate
         self.batch_size_ceiling = None
+
+    def lower_ceiling(self, batch_size):
+        """Records that `batch_size` (a physical batch) ran out of memory.
+
+        Args:
+            batch_size: The batch size that did not fit.
+        """
+        batch_size = int(batch_size)
+        if self.batch_size_ceiling is None or batch_size < (
+            self.batch_size_ceiling
+        ):
+            self.batch_size_ceiling = batch_size
 
     def populate_space(self, trial_id):
         batch_hp = self._batch_size_hyperparameter()
-        if batch_hp is None or self.batch_size_ceiling is None:
+        if (
+            batch_hp is None
+            or self.batch_size_ceiling is None
+            or self.accumulate
+        ):
             return super().populate_space(trial_id)
         allowed = space.below_ceiling(
             space.hyperparameter_values(batch_hp.get_config()) or [],
@@ -100,18 +127,21 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
 
     @keras_tuner.synchronized
     def update_trial(self, trial_id, metrics, step=0):
-        reasons = {k: v for k, v in metrics.items() if k in REASON_MESSAGES}
+        memory_names = set(REASON_MESSAGES) | {
+            OUT_OF_MEMORY_AT_MICRO_BATCH_SIZE
+        }
+        reasons = {k: v for k, v in metrics.items() if k in memory_names}
         if not reasons:
             return super().update_trial(trial_id, metrics, step=step)
         trial = self.trials[trial_id]
         for name, value in reasons.items():
             trial.metrics.update(name, value, step=step)
-        if OUT_OF_MEMORY_AT_BATCH_SIZE in reasons:
-            batch_size = int(reasons[OUT_OF_MEMORY_AT_BATCH_SIZE])
-            if self.batch_size_ceiling is None or batch_size < (
-                self.batch_size_ceiling
-            ):
-                self.batch_size_ceiling = batch_size
+        for name in (
+            OUT_OF_MEMORY_AT_BATCH_SIZE,
+            OUT_OF_MEMORY_AT_MICRO_BATCH_SIZE,
+        ):
+            if name in reasons:
+                self.lower_ceiling(reasons[name])
         self._save_trial(trial)
         self.save()
         return trial

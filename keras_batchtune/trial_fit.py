@@ -11,13 +11,22 @@ from keras_batchtune import coupling
 from keras_batchtune import data
 from keras_batchtune import memory
 from keras_batchtune import scaling
+from keras_batchtune import space
 
 KERAS_DEFAULT_BATCH_SIZE = 32
 
 EFFECTIVE_LEARNING_RATE = "effective_learning_rate"
 EXAMPLES_PER_SECOND = "examples_per_second"
 FIT_SECONDS = "fit_seconds"
-RECORD_NAMES = (EFFECTIVE_LEARNING_RATE, EXAMPLES_PER_SECOND, FIT_SECONDS)
+MICRO_BATCH_SIZE = "micro_batch_size"
+ACCUMULATION_STEPS = "accumulation_steps"
+RECORD_NAMES = (
+    EFFECTIVE_LEARNING_RATE,
+    EXAMPLES_PER_SECOND,
+    FIT_SECONDS,
+    MICRO_BATCH_SIZE,
+    ACCUMULATION_STEPS,
+)
 
 
 class FitRecorder(keras.callbacks.Callback):
@@ -89,6 +98,10 @@ class TrialFit:
             Keras's default of 32.
         lr_scaling: A rule accepted by `keras_batchtune.scale_learning_rate`.
         warmup_epochs: Epochs of linear warmup to the scaled learning rate.
+        max_micro_batch_size: The largest batch that fits in memory, or None.
+            A larger batch `B` set by the tuner runs as `k` accumulated
+            micro-batches of `B / k` (Keras's optimizer
+            `gradient_accumulation_steps`); the LR is coupled to `B`.
     """
 
     def __init__(
@@ -97,8 +110,12 @@ class TrialFit:
         reference_batch_size=None,
         lr_scaling="linear",
         warmup_epochs=0,
+        max_micro_batch_size=None,
     ):
         self.batch_size = batch_size
+        self.max_micro_batch_size = max_micro_batch_size
+        self.micro_batch_size = None
+        self.accumulation_steps = 1
         self.reference_batch_size = reference_batch_size
         self.lr_scaling = lr_scaling
         self.warmup_epochs = warmup_epochs
@@ -145,6 +162,9 @@ class TrialFit:
             EFFECTIVE_LEARNING_RATE: self.effective_learning_rate,
             FIT_SECONDS: self.fit_seconds,
         }
+        if self.max_micro_batch_size is not None:
+            records[MICRO_BATCH_SIZE] = self.micro_batch_size
+            records[ACCUMULATION_STEPS] = self.accumulation_steps
         examples, seconds = 0, 0.0
         for recorder in self._recorders:
             epochs = recorder.epoch_train_seconds
@@ -176,7 +196,7 @@ class TrialFit:
             return original_fit(*args, **kwargs)
         except Exception as error:
             if memory.is_out_of_memory_error(error):
-                self.out_of_memory_batch_size = self.batch_size_used
+                self.out_of_memory_batch_size = self.micro_batch_size
             raise
         finally:
             self.fit_seconds += time.perf_counter() - start
@@ -195,8 +215,9 @@ class TrialFit:
             self.tuner_set_batch_size = True
             data.check_batchable(x)
             num_examples = _count_examples(x, kwargs)
+            physical_batch_size = self._accumulate(model, batch_size)
             if isinstance(x, tf.data.Dataset):
-                x = data.batch_dataset(x, batch_size)
+                x = data.batch_dataset(x, physical_batch_size)
                 if args:
                     args[0] = x
                 else:
@@ -205,21 +226,46 @@ class TrialFit:
                 validation = kwargs.get("validation_data")
                 if isinstance(validation, tf.data.Dataset):
                     if not data.describe_batching(validation)[0]:
-                        kwargs["validation_data"] = validation.batch(batch_size)
+                        kwargs["validation_data"] = validation.batch(
+                            physical_batch_size
+                        )
             else:
-                kwargs["batch_size"] = batch_size
+                kwargs["batch_size"] = physical_batch_size
+        if self.micro_batch_size is None:
+            self.micro_batch_size = batch_size
         self.batch_size_used = batch_size
-        steps_per_epoch = _steps_per_epoch(x, num_examples, batch_size, kwargs)
+        steps_per_epoch = _steps_per_epoch(
+            x, num_examples, self.micro_batch_size, kwargs
+        )
         if model.optimizer is not None:
             self._couple(
                 model.optimizer, batch_size, reference, steps_per_epoch
             )
         if kwargs.get("steps_per_epoch") or num_examples is None:
-            num_examples = (steps_per_epoch or 0) * batch_size
+            num_examples = (steps_per_epoch or 0) * self.micro_batch_size
         recorder = FitRecorder(examples_per_epoch=num_examples)
         kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [recorder]
         self._recorders.append(recorder)
         return args, kwargs
+
+    def _accumulate(self, model, batch_size):
+        """Splits `batch_size` to fit `max_micro_batch_size`; sets up Keras."""
+        if self.max_micro_batch_size is None:
+            return batch_size
+        micro_batch_size, steps = space.split_batch(
+            batch_size, self.max_micro_batch_size
+        )
+        if steps > 1:
+            optimizer = model.optimizer
+            if optimizer.built and not optimizer.gradient_accumulation_steps:
+                raise ValueError(
+                    "Gradient accumulation needs an optimizer that has not "
+                    "been built yet (Keras creates the accumulators when it "
+                    "builds the optimizer); do not build it in `build`."
+                )
+            optimizer.gradient_accumulation_steps = steps
+        self.micro_batch_size, self.accumulation_steps = micro_batch_size, steps
+        return micro_batch_size
 
     def _couple(self, optimizer, batch_size, reference, steps_per_epoch):
         if self._base_learning_rate is None:
@@ -234,12 +280,17 @@ class TrialFit:
                     "which cannot be known for this input; pass "
                     "`steps_per_epoch` to `search()`."
                 )
-            warmup_steps = max(1, round(self.warmup_epochs * steps_per_epoch))
+            updates_per_epoch = steps_per_epoch / self.accumulation_steps
+            warmup_steps = max(1, round(self.warmup_epochs * updates_per_epoch))
         multiplier = scaling.learning_rate_multiplier(
             batch_size, reference, self.lr_scaling
         )
         self.effective_learning_rate = coupling.set_learning_rate_multiplier(
-            optimizer, self._base_learning_rate, multiplier, warmup_steps
+            optimizer,
+            self._base_learning_rate,
+            multiplier,
+            warmup_steps,
+            self.accumulation_steps,
         )
 
 

@@ -1,6 +1,7 @@
 """`BatchTuner`: random search over batch size, the learning rate coupled."""
 
 import gc
+import math
 import numbers
 
 import keras
@@ -10,6 +11,7 @@ from keras_tuner import errors
 from keras_batchtune import checkpoint
 from keras_batchtune import coupling
 from keras_batchtune import data
+from keras_batchtune import memory
 from keras_batchtune import oracle as oracle_module
 from keras_batchtune import scaling
 from keras_batchtune import space
@@ -84,6 +86,16 @@ class BatchTuner(keras_tuner.Tuner):
             mapping the batch ratio `B / base_batch_size` to an LR multiplier.
         warmup_epochs: Non-negative number of epochs over which the learning
             rate ramps linearly from the base to the scaled one. Defaults to 0.
+        accumulate: Boolean. If True, every searched batch size stays
+            feasible: a trial whose batch runs out of memory is retried as
+            accumulated micro-batches (half the size, then a quarter, ...)
+            instead of failing, and batches above the known memory ceiling
+            run that way from the start; the trial records its
+            `micro_batch_size` and `accumulation_steps`. Defaults to False.
+        probe_memory: Boolean. If True, `search` first runs
+            `keras_batchtune.find_max_batch_size` on a model built with the
+            default hyperparameters, and caps the physical batch with it.
+            Defaults to False.
         **kwargs: The arguments of `keras_tuner.Tuner`: `directory`,
             `project_name`, `overwrite`, `executions_per_trial`,
             `distribution_strategy`, `max_model_size`, `optimizer`, `loss`,
@@ -113,6 +125,8 @@ class BatchTuner(keras_tuner.Tuner):
         base_batch_size=None,
         lr_scaling="linear",
         warmup_epochs=0,
+        accumulate=False,
+        probe_memory=False,
         **kwargs,
     ):
         grid = space.batch_size_grid(min_batch_size, max_batch_size)
@@ -135,8 +149,11 @@ class BatchTuner(keras_tuner.Tuner):
         self.base_batch_size = base_batch_size
         self.lr_scaling = lr_scaling
         self.warmup_epochs = warmup_epochs
+        self.accumulate = bool(accumulate)
+        self.probe_memory = bool(probe_memory)
         self.seed = seed
         self._search_batch_size = None
+        self._memory_ceiling = None
         self._trial_fit = None
         oracle = oracle_module.BatchSearchOracle(
             objective=objective,
@@ -147,6 +164,7 @@ class BatchTuner(keras_tuner.Tuner):
             allow_new_entries=allow_new_entries,
             max_retries_per_trial=max_retries_per_trial,
             max_consecutive_failed_trials=max_consecutive_failed_trials,
+            accumulate=self.accumulate,
         )
         super().__init__(oracle, hypermodel, **kwargs)
 
@@ -216,6 +234,8 @@ class BatchTuner(keras_tuner.Tuner):
         if self.hypermodel is not None and not self._fit_is_overridden():
             x = fit_args[0] if fit_args else fit_kwargs.get("x")
             data.check_batchable(x)
+        if self.probe_memory:
+            self._probe_memory(fit_args, fit_kwargs)
         # KerasTuner runs two full garbage collections before each trial's
         # build; with TensorFlow loaded they scan some 400k long-lived objects
         # (~0.2 s each on 2 cores). Freezing the objects that exist before the
@@ -227,29 +247,88 @@ class BatchTuner(keras_tuner.Tuner):
         finally:
             gc.unfreeze()
 
+    def _max_micro_batch_size(self):
+        """The largest physical batch known to fit, with `accumulate=True`."""
+        if not self.accumulate:
+            return None
+        ceilings = [
+            ceiling
+            for ceiling in (
+                self._memory_ceiling,
+                getattr(self.oracle, "batch_size_ceiling", None),
+            )
+            if ceiling is not None
+        ]
+        if not ceilings:
+            return self.max_batch_size
+        return max(1, min(ceilings) - 1)
+
+    def _probe_memory(self, fit_args, fit_kwargs):
+        """Finds the largest batch that fits and caps the physical batch."""
+        x = fit_args[0] if fit_args else fit_kwargs.get("x")
+        y = fit_args[1] if len(fit_args) > 1 else fit_kwargs.get("y")
+        model = self._try_build(self.oracle.get_space())
+        result = memory.find_max_batch_size(
+            model,
+            x if y is None else (x, y),
+            mode="binsearch",
+            start=self.min_batch_size,
+            max_batch_size=self.max_batch_size,
+        )
+        ceiling = result.batch_size + 1
+        self._memory_ceiling = min(ceiling, self._memory_ceiling or math.inf)
+        if hasattr(self.oracle, "lower_ceiling"):
+            self.oracle.lower_ceiling(ceiling)
+            self.oracle.save()
+        if fit_kwargs.get("verbose", 1):
+            seconds = sum(probe.seconds for probe in result.probes)
+            print(
+                "BatchTuner: probe_memory found that batches of up to "
+                f"{result.batch_size} fit ({len(result.probes)} probes, "
+                f"{seconds:.1f} s)."
+            )
+
     def _build_and_fit_model(self, trial, *args, **kwargs):
         hp = trial.hyperparameters
-        self._trial_fit = trial_fit.TrialFit(
-            batch_size=hp.values.get(space.BATCH_SIZE),
-            reference_batch_size=self.reference_batch_size,
-            lr_scaling=self.lr_scaling,
-            warmup_epochs=self.warmup_epochs,
-        )
-        run = self._trial_fit
         kwargs["callbacks"] = self._trial_callbacks(kwargs.get("callbacks"))
-        try:
-            results = super()._build_and_fit_model(trial, *args, **kwargs)
-        except Exception as error:
-            if run.out_of_memory_batch_size is not None:
+        while True:
+            run = trial_fit.TrialFit(
+                batch_size=hp.values.get(space.BATCH_SIZE),
+                reference_batch_size=self.reference_batch_size,
+                lr_scaling=self.lr_scaling,
+                warmup_epochs=self.warmup_epochs,
+                max_micro_batch_size=self._max_micro_batch_size(),
+            )
+            self._trial_fit = run
+            try:
+                results = super()._build_and_fit_model(trial, *args, **kwargs)
+                break
+            except Exception as error:
+                failed_batch_size = run.out_of_memory_batch_size
+                if failed_batch_size is None:
+                    raise
+                if self.accumulate and failed_batch_size > 1:
+                    # Retry the same trial with smaller micro-batches.
+                    self.oracle.update_trial(
+                        trial.trial_id,
+                        {
+                            oracle_module.OUT_OF_MEMORY_AT_MICRO_BATCH_SIZE: (
+                                failed_batch_size
+                            )
+                        },
+                    )
+                    self._memory_ceiling = min(
+                        failed_batch_size, self._memory_ceiling or math.inf
+                    )
+                    continue
                 self._report_failure(
                     trial,
                     oracle_module.OUT_OF_MEMORY_AT_BATCH_SIZE,
-                    run.out_of_memory_batch_size,
+                    failed_batch_size,
                     error,
                 )
-            raise
-        finally:
-            self._trial_fit = None
+            finally:
+                self._trial_fit = None
         if run.diverged_at_epoch is not None:
             self._report_failure(
                 trial, oracle_module.DIVERGED_AT_EPOCH, run.diverged_at_epoch

@@ -65,3 +65,11 @@ def test_loss_scale_optimizer_scales_the_inner_rate():
     optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1))
     coupling.couple_learning_rate(optimizer, 64, 32)
     assert float(optimizer.inner_optimizer.learning_rate) == pytest.approx(0.2)
+
+
+def test_schedule_counts_updates_under_accumulation():
+    inner = keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5)
+    schedule = coupling.ScaledLearningRate(inner, 2.0, steps_per_update=4)
+    # Keras evaluates the schedule at micro-steps: 8 micro-steps = 2 updates.
+    assert float(schedule(8)) == pytest.approx(2.0 * float(inner(2)))
+    assert float(schedule(11)) == pytest.approx(2.0 * float(inner(2)))

@@ -662,3 +662,58 @@ def test_scale_learning_rate_is_public():
     assert keras_batchtune.scale_learning_rate(0.1, 128, 32) == (
         pytest.approx(0.4)
     )
+
+
+def memory_limited(hp):
+    return make_mlp(
+        hp.Float("learning_rate", 0.01, 0.1, sampling="log"),
+        max_batch_size=100,
+    )
+
+
+def test_accumulate_retries_out_of_memory_trials(tmp_path, digits, lr_log):
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("batch_size", [256])
+    tuner = BatchTuner(
+        memory_limited,
+        objective="val_accuracy",
+        max_trials=2,
+        seed=1,
+        hyperparameters=hp,
+        accumulate=True,
+        directory=tmp_path,
+    )
+    search(tuner, digits, callbacks=[lr_log])
+    first, second = trials(tuner)
+    for trial in (first, second):
+        assert trial.status == "COMPLETED"
+        assert trial.metrics.get_last_value("micro_batch_size") == 64
+        assert trial.metrics.get_last_value("accumulation_steps") == 4
+        expected = trial.hyperparameters["learning_rate"] * 256 / 32
+        assert trial.metrics.get_last_value(
+            "effective_learning_rate"
+        ) == pytest.approx(expected, rel=1e-6)
+    # The first trial learnt the ceiling (256 and 128 did not fit); the
+    # second started at micro-batches of 64 directly.
+    assert tuner.oracle.batch_size_ceiling == 128
+    # Steps per epoch of each attempt: micro-batches of 256 (out of memory),
+    # 128 (out of memory), 64; then the second trial at 64 directly.
+    steps = [entry["steps"] for entry in LearningRateLog.log]
+    assert steps == [3, 5, 10, 10]
+
+
+def test_probe_memory_caps_the_searched_batch(tmp_path, digits, capsys):
+    tuner = BatchTuner(
+        memory_limited,
+        objective="val_accuracy",
+        max_trials=4,
+        seed=3,
+        probe_memory=True,
+        directory=tmp_path,
+    )
+    search(tuner, digits, verbose=1)
+    assert "batches of up to 100 fit" in capsys.readouterr().out
+    assert tuner.oracle.batch_size_ceiling == 101
+    for trial in trials(tuner):
+        assert trial.status == "COMPLETED"
+        assert trial.hyperparameters["batch_size"] <= 64
