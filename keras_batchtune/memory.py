@@ -7,7 +7,6 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_batchtune import scaling
 
@@ -60,6 +59,8 @@ def is_out_of_memory_error(error):
     """
     backend = keras.backend.backend()
     if backend == "tensorflow":
+        import tensorflow as tf
+
         return isinstance(error, tf.errors.ResourceExhaustedError)
     if backend == "jax":
         return type(error).__name__ == "XlaRuntimeError" and (
@@ -97,12 +98,24 @@ def _check_finder_arguments(mode, start, steps, margin):
         )
 
 
+def _is_dataset(data):
+    # Only a TensorFlow program can hold a tf.data.Dataset: no import needed
+    # (nor wanted, on the JAX and PyTorch backends) to tell.
+    return type(data).__module__.startswith("tensorflow") and hasattr(
+        data, "element_spec"
+    )
+
+
 def _probe_data(data, batch_size, steps):
     """`steps` batches of `batch_size` examples, repeating data as needed.
 
     Returns the positional arguments and keyword arguments of `model.fit`.
     """
-    if isinstance(data, tf.data.Dataset):
+    if _is_dataset(data):
+        from keras_batchtune import data as data_module
+
+        if data_module.describe_batching(data)[0]:
+            data = data.unbatch()
         return (data.repeat().batch(batch_size).take(steps),), {}
     x, y = data if isinstance(data, tuple) else (data, None)
     needed = batch_size * steps
@@ -111,16 +124,17 @@ def _probe_data(data, batch_size, steps):
         array = np.asarray(array)
         return np.resize(array, (needed,) + array.shape[1:])
 
-    x, y = tf.nest.map_structure(tile, x), tf.nest.map_structure(tile, y)
+    x, y = keras.tree.map_structure(tile, x), keras.tree.map_structure(tile, y)
     return (x, y), {"batch_size": batch_size, "shuffle": False}
 
 
 def _num_examples(data):
-    if isinstance(data, tf.data.Dataset):
-        cardinality = int(data.cardinality())
-        return cardinality if cardinality > 0 else None
+    if _is_dataset(data):
+        from keras_batchtune import data as data_module
+
+        return data_module.count_examples(data)
     x = data[0] if isinstance(data, tuple) else data
-    return int(np.shape(tf.nest.flatten(x)[0])[0])
+    return int(np.shape(keras.tree.flatten(x)[0])[0])
 
 
 class _ModelState:
@@ -249,7 +263,8 @@ def find_max_batch_size(
 
     # Under a strategy, probe only multiples of the replica count: Keras
     # cannot run a global batch that splits unevenly across replicas.
-    unit = model.distribute_strategy.num_replicas_in_sync
+    strategy = getattr(model, "distribute_strategy", None)  # TF backend only
+    unit = strategy.num_replicas_in_sync if strategy is not None else 1
     largest, smallest_failing = None, None
     batch_size = math.ceil(start / unit) * unit
     max_batch_size = max(batch_size, max_batch_size // unit * unit)

@@ -3,6 +3,7 @@
 import gc
 import math
 import numbers
+import sys
 
 import keras
 import keras_tuner
@@ -260,7 +261,7 @@ class BatchTuner(keras_tuner.Tuner):
             if ceiling is not None
         ]
         if not ceilings:
-            return self.max_batch_size
+            return sys.maxsize  # no limit known yet: no split
         return max(1, min(ceilings) - 1)
 
     def _probe_memory(self, fit_args, fit_kwargs):

@@ -82,7 +82,8 @@ def test_max_batch_size_caps_the_search(digits):
 def test_smallest_batch_not_fitting_is_said_clearly(digits):
     x, y, _, _ = digits
     model = make_mlp(0.05, max_batch_size=3)
-    with pytest.raises(RuntimeError, match=r"smallest batch size tried, 4 \(start=4\), runs out of memory"):
+    message = r"smallest batch size tried, 4 \(start=4\), runs out of memory"
+    with pytest.raises(RuntimeError, match=message):
         keras_batchtune.find_max_batch_size(model, (x, y), start=4)
 
 
@@ -151,3 +152,13 @@ def test_replicas_with_different_limits_agree(digits, mirrored_strategy, mode):
     assert [p.fits for p in result.probes if p.batch_size > 64] == [False] * (
         len([p for p in result.probes if p.batch_size > 64])
     )
+
+
+def test_batched_dataset_is_probed_at_each_batch_size(digits):
+    x, y, _, _ = digits
+    model = make_mlp(0.05, max_batch_size=100)
+    batched = tf.data.Dataset.from_tensor_slices((x, y)).batch(10)
+    result = keras_batchtune.find_max_batch_size(
+        model, batched, start=16, mode="binsearch"
+    )
+    assert result.batch_size == 100
