@@ -717,3 +717,20 @@ def test_probe_memory_caps_the_searched_batch(tmp_path, digits, capsys):
     for trial in trials(tuner):
         assert trial.status == "COMPLETED"
         assert trial.hyperparameters["batch_size"] <= 64
+
+
+def test_accumulate_splits_nothing_without_a_memory_ceiling(tmp_path, digits):
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("batch_size", [2048])  # above max_batch_size, but it fits
+    tuner = BatchTuner(
+        build_mlp,
+        objective="val_accuracy",
+        max_trials=1,
+        hyperparameters=hp,
+        accumulate=True,
+        directory=tmp_path,
+    )
+    search(tuner, digits)
+    trial = trials(tuner)[0]
+    assert trial.metrics.get_last_value("micro_batch_size") == 2048
+    assert trial.metrics.get_last_value("accumulation_steps") == 1
