@@ -167,6 +167,75 @@ def _release_memory():
     gc.collect()
 
 
+def _is_multi_worker(strategy):
+    extended = getattr(strategy, "extended", None)
+    in_multi_worker_mode = getattr(extended, "_in_multi_worker_mode", None)
+    return bool(in_multi_worker_mode and in_multi_worker_mode())
+
+
+def _local_copy(model):
+    """The model, compiled alike, outside any strategy: on this worker only."""
+    import tensorflow as tf
+
+    with tf.distribute.get_strategy().scope():
+        copy = keras.models.clone_model(model)
+        copy.compile(
+            optimizer=type(model.optimizer).from_config(
+                model.optimizer.get_config()
+            ),
+            loss=model.loss,
+        )
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _min_across_workers(strategy, value):
+    """The smallest of one integer per worker, by one collective op."""
+    import tensorflow as tf
+
+    def gather():
+        context = tf.distribute.get_replica_context()
+        return context.all_gather(tf.constant([value], tf.int64), axis=0)
+
+    gathered = strategy.experimental_local_results(strategy.run(gather))
+    return int(tf.reduce_min(gathered[0]))
+
+
+def _find_across_workers(model, data, strategy, **kwargs):
+    """`find_max_batch_size` under a multi-worker strategy.
+
+    A worker that runs out of memory inside a step never joins the gradient
+    all-reduce, and its peers would wait for it forever. So each worker
+    probes a local copy of the model at the per-replica batch (no collective
+    ops), and the workers agree on the smallest answer with one all-gather.
+    """
+    replicas = strategy.num_replicas_in_sync
+    margin = kwargs.pop("margin")
+    start, max_batch_size = kwargs.pop("start"), kwargs.pop("max_batch_size")
+    try:
+        local = find_max_batch_size(
+            _local_copy(model),
+            data,
+            start=max(1, math.ceil(start / replicas)),
+            max_batch_size=max(1, max_batch_size // replicas),
+            margin=0.0,
+            **kwargs,
+        )
+        largest, probes = local.largest_fitting, local.probes
+    except RuntimeError:
+        largest, probes = 0, []
+    per_replica = _min_across_workers(strategy, largest)
+    probes = [Probe(p.batch_size * replicas, p.fits, p.seconds) for p in probes]
+    if per_replica == 0:
+        raise RuntimeError(
+            f"Even the smallest batch size tried (start={start}) runs out of "
+            "memory on at least one worker."
+        )
+    largest = per_replica * replicas
+    batch_size = math.floor(largest * (1.0 - margin)) // replicas * replicas
+    return BatchSizeSearchResult(max(replicas, batch_size), probes, largest)
+
+
 def find_max_batch_size(
     model,
     data,
@@ -190,7 +259,11 @@ def find_max_batch_size(
     Under a `tf.distribute` strategy the batch size is global and only
     multiples of `num_replicas_in_sync` are tried (Keras cannot split a global
     batch unevenly); an out-of-memory error on any replica fails the whole
-    step, so every replica agrees on the answer.
+    step, so every replica agrees on the answer. Under a multi-worker strategy
+    each worker probes a local copy of the model at the per-replica batch
+    (a worker out of memory inside a collective step would leave its peers
+    waiting), and the workers agree on the smallest answer with one
+    all-gather.
 
     Example:
 
@@ -239,6 +312,18 @@ def find_max_batch_size(
             f"max_batch_size={max_batch_size}, start={start}"
         )
 
+    strategy = getattr(model, "distribute_strategy", None)  # TF backend only
+    if _is_multi_worker(strategy):
+        return _find_across_workers(
+            model,
+            data,
+            strategy,
+            mode=mode,
+            start=start,
+            max_batch_size=max_batch_size,
+            steps_per_trial=steps_per_trial,
+            margin=margin,
+        )
     state = _ModelState(model)
     probes = []
 
@@ -263,7 +348,6 @@ def find_max_batch_size(
 
     # Under a strategy, probe only multiples of the replica count: Keras
     # cannot run a global batch that splits unevenly across replicas.
-    strategy = getattr(model, "distribute_strategy", None)  # TF backend only
     unit = strategy.num_replicas_in_sync if strategy is not None else 1
     largest, smallest_failing = None, None
     batch_size = math.ceil(start / unit) * unit

@@ -162,3 +162,97 @@ def test_batched_dataset_is_probed_at_each_batch_size(digits):
         model, batched, start=16, mode="binsearch"
     )
     assert result.batch_size == 100
+
+
+WORKER = """
+import json, os, sys
+sys.path.insert(0, {root!r})
+import keras
+import numpy as np
+import tensorflow as tf
+import keras_batchtune
+
+
+class MemoryLimit(keras.layers.Layer):
+    # Error injection, as in conftest.py: above the limit, ask the allocator
+    # for an impossible tensor; it raises its real ResourceExhaustedError.
+    def __init__(self, max_batch_size, **kwargs):
+        super().__init__(**kwargs)
+        self.max_batch_size = max_batch_size
+
+    def call(self, inputs):
+        rows = tf.maximum(tf.shape(inputs)[0] - self.max_batch_size, 0)
+        impossible = tf.fill(tf.stack([rows * (1 << 20), 1 << 20]),
+                             inputs[0, 0])
+        return inputs + 0.0 * tf.reduce_sum(impossible)
+
+    def get_config(self):
+        return {{**super().get_config(),
+                 "max_batch_size": self.max_batch_size}}
+
+
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+with strategy.scope():
+    model = keras.Sequential([
+        keras.Input((8,)),
+        MemoryLimit(int(os.environ["PER_REPLICA_LIMIT"])),
+        keras.layers.Dense(2, activation="softmax"),
+    ])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+x = np.random.rand(256, 8).astype("float32")
+y = np.random.randint(0, 2, 256)
+result = keras_batchtune.find_max_batch_size(
+    model, (x, y), mode="binsearch", start=4, max_batch_size=256)
+print("RESULT", json.dumps([result.batch_size, len(result.probes)]))
+"""
+
+
+def test_workers_with_different_limits_agree(tmp_path):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    def free_port():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(root=root))
+    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    processes = []
+    for index, limit in enumerate([40, 24]):
+        config = {
+            "cluster": {"worker": workers},
+            "task": {"type": "worker", "index": index},
+        }
+        env = {
+            **os.environ,
+            "TF_CONFIG": json.dumps(config),
+            "PER_REPLICA_LIMIT": str(limit),
+        }
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(script)],
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        )
+    results = []
+    try:
+        for process in processes:
+            out, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err[-3000:]
+            line = [x for x in out.splitlines() if x.startswith("RESULT")][0]
+            results.append(json.loads(line.split(" ", 1)[1]))
+    finally:
+        for process in processes:
+            process.kill()
+    # Two workers, one replica each: worker 1 fits 24 per replica, so the
+    # global batch 48 is the largest both run.
+    assert results[0][0] == results[1][0] == 48
