@@ -16,6 +16,7 @@ from keras_batchtune.policies import PlateauPolicy
 from keras_batchtune.policies import ResizePolicy
 from keras_batchtune.policies import SchedulePolicy
 from keras_batchtune.policies import get_policy
+from keras_batchtune.report import plot_search
 from keras_batchtune.scaling import LR_SCALING_RULES
 from keras_batchtune.scaling import scale_learning_rate
 from keras_batchtune.space import batch_size_grid
@@ -39,6 +40,7 @@ __all__ = [
     "find_max_batch_size",
     "get_policy",
     "gradient_noise_scale",
+    "plot_search",
     "LR_SCALING_RULES",
     "ScaledLearningRate",
     "batch_size_grid",

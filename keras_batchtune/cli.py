@@ -18,7 +18,43 @@ def _parser():
     demo.add_argument("--epochs", type=int, default=10)
     demo.add_argument("--logdir", default="batchtune_runs")
     demo.add_argument("--seed", type=int, default=0)
+    report = commands.add_parser(
+        "report",
+        help="print a tuner project's trials and draw them as a PNG",
+    )
+    report.add_argument("directory", help="the tuner's project directory")
+    report.add_argument(
+        "--output", default=None, help="PNG path (default DIR/report.png)"
+    )
     return parser
+
+
+def _report(directory, output):
+    from keras_batchtune import report
+
+    try:
+        oracle = report.load_project(directory)
+    except report.ProjectError as error:
+        print(f"keras-batchtune report: {error}", file=sys.stderr)
+        return 2
+    print(report.trials_table(oracle))
+    print()
+    print(report.best_line(oracle))
+    for notice in report.range_notices(oracle):
+        print(notice)
+    output = output or f"{directory.rstrip('/')}/report.png"
+    try:
+        report.plot_search(oracle_holder(oracle), output)
+    except ImportError:
+        print(report.PLOT_HINT)
+        return 0
+    print(f"wrote {output}")
+    return 0
+
+
+def oracle_holder(oracle):
+    """Wraps an oracle so `plot_search` takes it like a tuner."""
+    return argparse.Namespace(oracle=oracle)
 
 
 def main(argv=None):
@@ -49,6 +85,8 @@ def main(argv=None):
             logdir=args.logdir,
             seed=args.seed,
         )
+    if args.command == "report":
+        return _report(args.directory, args.output)
     return 0
 
 

@@ -108,7 +108,10 @@ def run_demo(max_trials=10, epochs=10, logdir="batchtune_runs", seed=0):
     print(report.trials_table(tuner.oracle))
     print()
     print(report.best_line(tuner.oracle))
+    for notice in report.range_notices(tuner.oracle):
+        print(notice)
     print()
     print("Next:")
     print(f"  tensorboard --logdir {tensorboard_dir}")
+    print(f"  keras-batchtune report {tuner.project_dir}")
     return tuner

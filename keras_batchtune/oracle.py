@@ -174,6 +174,11 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
     def get_state(self):
         state = super().get_state()
         state["batch_size_ceiling"] = self.batch_size_ceiling
+        # Lets a report read the project without the tuner's arguments.
+        state["objective"] = {
+            "name": self.objective.name,
+            "direction": self.objective.direction,
+        }
         return state
 
     def set_state(self, state):

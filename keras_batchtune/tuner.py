@@ -14,6 +14,7 @@ from keras_batchtune import coupling
 from keras_batchtune import data
 from keras_batchtune import memory
 from keras_batchtune import oracle as oracle_module
+from keras_batchtune import report
 from keras_batchtune import scaling
 from keras_batchtune import space
 from keras_batchtune import trial_fit
@@ -400,7 +401,9 @@ class BatchTuner(keras_tuner.Tuner):
 
         Each trial shows its hyperparameters, score, and the
         `effective_learning_rate`, `examples_per_second` and `fit_seconds`
-        it recorded, or why it has no score.
+        it recorded, or why it has no score. When the best batch size or
+        learning rate sits at an edge of the searched range, a last line
+        says so and suggests the wider range.
 
         Args:
             num_trials: Optional number of trials to display. Defaults to 10.
@@ -416,6 +419,11 @@ class BatchTuner(keras_tuner.Tuner):
                 if trial.metrics.exists(name):
                     value = trial.metrics.get_last_value(name)
                     print(f"{name}: {value:.6g}")
+        notices = report.range_notices(self.oracle)
+        if notices:
+            print()
+        for notice in notices:
+            print(notice)
 
     def get_state(self):
         state = super().get_state()

@@ -42,6 +42,7 @@ def test_demo_runs_on_bundled_digits(tmp_path):
         assert column in out
     assert "Best: trial" in out
     assert f"tensorboard --logdir {logdir / 'tensorboard'}" in out
+    assert f"keras-batchtune report {logdir / 'digits'}" in out
     assert (logdir / "digits" / "oracle.json").exists()
     event_files = list((logdir / "tensorboard").rglob("events.out.tfevents*"))
     assert event_files
