@@ -156,10 +156,13 @@ def range_notices(oracle):
     notices = []
     for name, widen in ((space.BATCH_SIZE, 4), ("learning_rate", 10)):
         bounds = _searched_range(oracle, name)
-        if bounds is None or values.get(name) is None:
+        value = values.get(name)
+        if bounds is None or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool)
+            for v in (value, bounds[0], bounds[1])
+        ):
             continue
         low, high, is_float = bounds
-        value = values[name]
         tolerance = (high / low) ** 0.05 if is_float and low > 0 else 1.0
         if value <= low * tolerance:
             edge, suggestion = "lower", f"down to {_format(low / widen)}"

@@ -136,3 +136,17 @@ def test_report_refuses_bad_directories(tmp_path, capsys):
     ).oracle.save()
     assert cli.main(["report", str(project)]) == 2
     assert "holds no completed trial" in capsys.readouterr().err
+
+
+def test_no_notice_for_ranges_that_are_not_numbers(tmp_path):
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("learning_rate", ["low", "high"])
+    oracle = oracle_module.BatchSearchOracle(
+        objective="val_accuracy", max_trials=1, hyperparameters=hp
+    )
+    oracle._set_project_dir(str(tmp_path), "strings")
+    trial = oracle.create_trial("tuner0")
+    oracle.update_trial(trial.trial_id, {"val_accuracy": 0.5})
+    trial.status = "COMPLETED"
+    oracle.end_trial(trial)
+    assert report.range_notices(oracle) == []
