@@ -1,6 +1,7 @@
 """The `keras-batchtune` command line. Nothing imports this module."""
 
 import argparse
+import os
 import sys
 
 
@@ -42,19 +43,14 @@ def _report(directory, output):
     print(report.best_line(oracle))
     for notice in report.range_notices(oracle):
         print(notice)
-    output = output or f"{directory.rstrip('/')}/report.png"
+    output = output or os.path.join(directory, "report.png")
     try:
-        report.plot_search(oracle_holder(oracle), output)
+        report.plot_oracle(oracle, output)
     except ImportError:
         print(report.PLOT_HINT)
         return 0
     print(f"wrote {output}")
     return 0
-
-
-def oracle_holder(oracle):
-    """Wraps an oracle so `plot_search` takes it like a tuner."""
-    return argparse.Namespace(oracle=oracle)
 
 
 def main(argv=None):

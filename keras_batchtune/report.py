@@ -266,13 +266,29 @@ def plot_search(tuner_or_dir, path):
             no completed trial.
         ImportError: if matplotlib is not installed.
     """
+    oracle = getattr(tuner_or_dir, "oracle", None) or load_project(tuner_or_dir)
+    return plot_oracle(oracle, path)
+
+
+def plot_oracle(oracle, path):
+    """Draws `plot_search`'s PNG from a tuner's oracle.
+
+    Args:
+        oracle: A tuner's oracle with at least one completed trial.
+        path: Where to write the PNG.
+
+    Returns:
+        `path`.
+
+    Raises:
+        ImportError: if matplotlib is not installed.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import colors
     from matplotlib import pyplot
 
-    oracle = getattr(tuner_or_dir, "oracle", None) or load_project(tuner_or_dir)
     rows = [
         trial_row(trial)
         for trial in oracle.trials.values()
