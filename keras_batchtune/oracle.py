@@ -80,11 +80,9 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
         Args:
             batch_size: The batch size that did not fit.
         """
-        batch_size = int(batch_size)
-        if self.batch_size_ceiling is None or batch_size < (
-            self.batch_size_ceiling
-        ):
-            self.batch_size_ceiling = batch_size
+        self.batch_size_ceiling = space.lowered_ceiling(
+            self.batch_size_ceiling, batch_size
+        )
 
     def populate_space(self, trial_id):
         batch_hp = self._batch_size_hyperparameter()

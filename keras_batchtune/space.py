@@ -130,6 +130,27 @@ def below_ceiling(values, ceiling):
     return [value for value in values if value < ceiling]
 
 
+def lowered_ceiling(ceiling, batch_size):
+    """Lowers an out-of-memory ceiling to a batch size that did not fit.
+
+    Example:
+
+    ```python
+    lowered_ceiling(None, 512)  # 512
+    lowered_ceiling(256, 512)  # 256
+    ```
+
+    Args:
+        ceiling: The smallest batch size known not to fit, or None.
+        batch_size: A batch size that did not fit.
+
+    Returns:
+        The new ceiling, an int.
+    """
+    batch_size = int(batch_size)
+    return batch_size if ceiling is None else min(ceiling, batch_size)
+
+
 def split_batch(batch_size, max_micro_batch_size):
     """Splits a batch into equal micro-batches that fit a physical limit.
 

@@ -1,7 +1,6 @@
 """`BatchTuner`: random search over batch size, the learning rate coupled."""
 
 import gc
-import math
 import numbers
 import sys
 
@@ -278,7 +277,9 @@ class BatchTuner(keras_tuner.Tuner):
             max_batch_size=self.max_batch_size,
         )
         ceiling = result.batch_size + 1
-        self._memory_ceiling = min(ceiling, self._memory_ceiling or math.inf)
+        self._memory_ceiling = space.lowered_ceiling(
+            self._memory_ceiling, ceiling
+        )
         if hasattr(self.oracle, "lower_ceiling"):
             self.oracle.lower_ceiling(ceiling)
             self.oracle.save()
@@ -319,8 +320,8 @@ class BatchTuner(keras_tuner.Tuner):
                             )
                         },
                     )
-                    self._memory_ceiling = min(
-                        failed_batch_size, self._memory_ceiling or math.inf
+                    self._memory_ceiling = space.lowered_ceiling(
+                        self._memory_ceiling, failed_batch_size
                     )
                     continue
                 self._report_failure(

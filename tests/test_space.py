@@ -40,3 +40,9 @@ def test_below_ceiling():
     assert space.below_ceiling([16, 32, 64, 128], 64) == [16, 32]
     assert space.below_ceiling([16, 32], None) == [16, 32]
     assert space.below_ceiling([16, 32], 16) == []
+
+
+def test_lowered_ceiling_only_moves_down():
+    assert space.lowered_ceiling(None, 512) == 512
+    assert space.lowered_ceiling(256, 512) == 256
+    assert space.lowered_ceiling(256, 128) == 128
