@@ -1,0 +1,135 @@
+"""Changing a Keras optimizer's gradient accumulation while it trains.
+
+Keras 3 accumulates `gradient_accumulation_steps` micro-batch gradients into
+one update (`Optimizer(gradient_accumulation_steps=k)`). It decides which
+micro-step updates from its raw step counter (`(steps + 1) % k == 0`) and
+counts updates as `steps // k`, so changing `k` mid-training as such would
+cut a group short and make `optimizer.iterations` (Adam's bias correction,
+schedules) jump. `set_accumulation_steps` re-indexes the counter instead:
+after it, `iterations` still counts the updates done and a partly
+accumulated group is completed with the new `k`.
+
+Written with `keras.ops` only.
+"""
+
+import keras
+
+from keras_batchtune import scaling
+
+
+def _strategy_scope(model):
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is None:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return strategy.scope()
+
+
+def accumulation_steps(optimizer):
+    """Returns the micro-batches per update of an optimizer (1 if none).
+
+    Example:
+
+    ```python
+    accumulation_steps(keras.optimizers.SGD(gradient_accumulation_steps=4))
+    # 4
+    ```
+
+    Args:
+        optimizer: A `keras.optimizers.Optimizer`.
+
+    Returns:
+        A positive integer.
+    """
+    return int(getattr(optimizer, "gradient_accumulation_steps", None) or 1)
+
+
+def prepare(model):
+    """Gives a compiled model's optimizer the accumulators resizing needs.
+
+    Keras creates gradient accumulators only when the optimizer is built with
+    `gradient_accumulation_steps` set; for a model compiled without it, they
+    are added here (one zero variable per trainable weight, as Keras makes
+    them). Idempotent.
+
+    Example:
+
+    ```python
+    prepare(model)
+    set_accumulation_steps(model.optimizer, 4)
+    ```
+
+    Args:
+        model: A compiled Keras model.
+
+    Raises:
+        ValueError: if the model is not compiled with an optimizer.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise ValueError(
+            "The model must be compiled with a `keras.optimizers.Optimizer` "
+            f"before its batch size can be resized. Received: {optimizer!r}"
+        )
+    with _strategy_scope(model):
+        if not optimizer.built:
+            optimizer.build(model.trainable_variables)
+        if getattr(optimizer, "_accumulated_gradients", None):
+            return
+        optimizer._accumulated_gradients = [
+            optimizer.add_variable_from_reference(
+                variable, name="gradient_accumulator"
+            )
+            for variable in optimizer._trainable_variables
+        ]
+
+
+def set_accumulation_steps(optimizer, steps):
+    """Sets the micro-batches per update, keeping the update count.
+
+    A group of micro-batch gradients accumulated under the old setting is
+    completed under the new one. When it already holds `c >= steps`
+    micro-batches (the accumulation shrank), its mean is kept with the weight
+    of `steps - 1` micro-batches, so the next micro-batch completes it; with
+    `steps == 1` the partial group is dropped. The caller must retrace the
+    train function (`model.make_train_function(force=True)`), which reads
+    `gradient_accumulation_steps` when traced.
+
+    Example:
+
+    ```python
+    prepare(model)
+    set_accumulation_steps(model.optimizer, 8)  # 8 micro-batches per update
+    ```
+
+    Args:
+        optimizer: A built `keras.optimizers.Optimizer` given accumulators by
+            `prepare`.
+        steps: Positive integer, the micro-batches per update.
+
+    Returns:
+        The number of micro-batch gradients pending in the next update.
+
+    Raises:
+        ValueError: if `steps` is not a positive integer, or the optimizer
+            has no accumulators.
+    """
+    steps = scaling.check_positive_int("steps", steps)
+    accumulators = getattr(optimizer, "_accumulated_gradients", None)
+    if not accumulators:
+        raise ValueError(
+            "The optimizer has no gradient accumulators; call "
+            "`accumulation.prepare(model)` first."
+        )
+    old_steps = accumulation_steps(optimizer)
+    micro_steps = int(keras.ops.convert_to_numpy(optimizer._iterations))
+    updates, pending = divmod(micro_steps, old_steps)
+    if pending >= steps:
+        keep = steps - 1
+        for accumulator in accumulators:
+            accumulator.assign(accumulator * (keep / pending))
+        pending = keep
+    optimizer._iterations.assign(updates * steps + pending)
+    optimizer.gradient_accumulation_steps = steps if steps > 1 else None
+    return pending
