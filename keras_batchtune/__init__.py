@@ -1,7 +1,9 @@
 """keras_batchtune: batch size as a first-class, LR-coupled hyperparameter."""
 
+from keras_batchtune.callbacks import DynamicBatchSize
 from keras_batchtune.coupling import ScaledLearningRate
 from keras_batchtune.coupling import couple_learning_rate
+from keras_batchtune.distribute import resolve_strategy
 from keras_batchtune.gradients import gradient_noise_scale
 from keras_batchtune.memory import BatchSizeSearchResult
 from keras_batchtune.memory import Probe
@@ -17,6 +19,8 @@ from keras_batchtune.policies import ResizePolicy
 from keras_batchtune.policies import SchedulePolicy
 from keras_batchtune.policies import get_policy
 from keras_batchtune.report import plot_search
+from keras_batchtune.resizable_data import ResizableData
+from keras_batchtune.resizable_data import resizable
 from keras_batchtune.scaling import LR_SCALING_RULES
 from keras_batchtune.scaling import scale_learning_rate
 from keras_batchtune.space import batch_size_grid
@@ -28,12 +32,14 @@ __all__ = [
     "BatchSizeSearchResult",
     "BatchTuner",
     "Decision",
+    "DynamicBatchSize",
     "GoodputPolicy",
     "NoiseScale",
     "NoiseScalePolicy",
     "NoiseScaleTracker",
     "PlateauPolicy",
     "Probe",
+    "ResizableData",
     "ResizePolicy",
     "SchedulePolicy",
     "estimate_noise_scale",
@@ -41,6 +47,8 @@ __all__ = [
     "get_policy",
     "gradient_noise_scale",
     "plot_search",
+    "resolve_strategy",
+    "resizable",
     "LR_SCALING_RULES",
     "ScaledLearningRate",
     "batch_size_grid",

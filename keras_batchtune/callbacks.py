@@ -10,7 +10,7 @@ from keras_batchtune import accumulation
 from keras_batchtune import coupling
 from keras_batchtune import noise
 from keras_batchtune import policies
-from keras_batchtune import resizable
+from keras_batchtune import resizable_data
 from keras_batchtune import scaling
 from keras_batchtune import space
 
@@ -164,7 +164,7 @@ class DynamicBatchSize(keras.callbacks.Callback):
             self._prepare(model)
 
     def on_train_begin(self, logs=None):
-        data = resizable.last_used()
+        data = resizable_data.last_used()
         if data is None:
             raise ValueError(_NOT_RESIZABLE.format(received=""))
         self._data = data
@@ -176,10 +176,16 @@ class DynamicBatchSize(keras.callbacks.Callback):
                 f"{self.max_batch_size}."
             )
         replicas = self.model.distribute_strategy.num_replicas_in_sync
-        if micro % replicas:
+        if replicas > 1:
+            # Keras 3 accumulates gradients inside a `cond` whose update
+            # branch all-reduces them; tf.distribute refuses that
+            # ("`merge_call` called while defining a new graph").
             raise ValueError(
-                f"The input's micro-batch ({micro}) must be a multiple of "
-                f"the {replicas} replicas of the model's strategy."
+                "DynamicBatchSize changes the batch per update through "
+                "Keras's gradient accumulation, which Keras 3 cannot run "
+                f"under a tf.distribute strategy with {replicas} replicas. "
+                "Train with one replica, or search fixed batch sizes with "
+                "`BatchTuner(distribution_strategy=...)`."
             )
         self._prepare(self.model)
         self.policy.set_bounds(
@@ -377,7 +383,9 @@ class DynamicBatchSize(keras.callbacks.Callback):
 def _current_learning_rate(optimizer):
     """The optimizer's learning rate: a float, or its schedule object."""
     learning_rate = coupling._inner_optimizer(optimizer)._learning_rate
-    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+    if isinstance(
+        learning_rate, keras.optimizers.schedules.LearningRateSchedule
+    ):
         return learning_rate
     return coupling.get_base_learning_rate(optimizer)
 

@@ -60,8 +60,16 @@ class ResizableData(data_adapter.DataAdapter):
         epochs_begun: How many epochs `fit` has started on this input.
     """
 
-    def __init__(self, element_dataset, num_examples, *, batch_size,
-                 shuffle, seed, drop_remainder):
+    def __init__(
+        self,
+        element_dataset,
+        num_examples,
+        *,
+        batch_size,
+        shuffle,
+        seed,
+        drop_remainder,
+    ):
         self.num_examples = num_examples
         self._batch_size = batch_size
         self.shuffle = shuffle
@@ -205,7 +213,10 @@ def _from_dataset(dataset, y):
             "pass a finite dataset (without `.repeat()`)."
         )
     if num_examples < 0:
-        num_examples = data_module.count_examples(dataset)
+        # Unknown size (after a `filter`, say): count it in one pass.
+        num_examples = int(
+            dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1)
+        )
         dataset = dataset.apply(
             tf.data.experimental.assert_cardinality(num_examples)
         )

@@ -1,0 +1,216 @@
+"""Tests of `DynamicBatchSize` in real `model.fit` runs on digits."""
+
+import csv
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import keras_batchtune
+from tests.conftest import make_mlp
+
+
+def _fit(model, digits, callback, epochs=4, batch_size=16, **fit_kwargs):
+    x, y, x_val, y_val = digits
+    data = keras_batchtune.resizable(x, y, batch_size=batch_size, seed=0)
+    callbacks = [callback] + fit_kwargs.pop("callbacks", [])
+    return model.fit(
+        data,
+        epochs=epochs,
+        validation_data=(x_val, y_val),
+        callbacks=callbacks,
+        verbose=0,
+        **fit_kwargs,
+    )
+
+
+def _schedule(**kwargs):
+    return keras_batchtune.DynamicBatchSize(
+        "schedule",
+        schedule={1: 32, 2: 128},
+        min_batch_size=16,
+        max_batch_size=256,
+        **kwargs,
+    )
+
+
+def test_schedule_resizes_with_linear_coupling_and_right_steps(digits):
+    keras.utils.set_random_seed(0)
+    model = make_mlp(learning_rate=0.02)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = _fit(model, digits, _schedule())
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+    logs = history.history
+    assert logs["batch_size"] == [16, 32, 128, 128]
+    assert logs["physical_batch_size"] == [16] * 4
+    np.testing.assert_allclose(
+        logs["learning_rate"], [0.02, 0.04, 0.16, 0.16], rtol=1e-6
+    )
+    # 600 examples in 38 micro-batches per epoch, whatever the batch size.
+    assert history.params["steps"] == 38
+    # Updates: 38 + 38 // 2 + (38 + 0) // 8 twice (groups span epochs).
+    assert int(model.optimizer.iterations) == 38 + 19 + 76 // 8
+    assert logs["val_accuracy"][-1] > 0.8
+
+
+def test_keep_lr_and_sqrt_rule(digits):
+    model = make_mlp(learning_rate=0.02)
+    history = _fit(model, digits, _schedule(keep_lr=True), epochs=3)
+    np.testing.assert_allclose(history.history["learning_rate"], [0.02] * 3)
+    model = make_mlp(learning_rate=0.02)
+    history = _fit(model, digits, _schedule(lr_scaling="sqrt"), epochs=3)
+    np.testing.assert_allclose(
+        history.history["learning_rate"],
+        [0.02, 0.02 * 2**0.5, 0.02 * 8**0.5],
+        rtol=1e-6,
+    )
+
+
+def test_learning_rate_schedule_is_rescaled_and_counts_updates(digits):
+    decay = keras.optimizers.schedules.ExponentialDecay(0.05, 38, 0.5)
+    model = make_mlp(optimizer=keras.optimizers.SGD(decay))
+    history = _fit(model, digits, _schedule(base_batch_size=16), epochs=3)
+    # Epoch k starts after 38, 38 + 19 updates: the schedule decays per
+    # update, and the batch rule multiplies it (x2, then x8).
+    expected = [
+        0.05 * 0.5 ** (38 / 38),
+        2 * 0.05 * 0.5 ** (57 / 38),
+        8 * 0.05 * 0.5 ** ((57 + 38 // 8) / 38),
+    ]
+    np.testing.assert_allclose(
+        history.history["learning_rate"], expected, rtol=1e-5
+    )
+
+
+def test_noise_scale_policy_measures_and_grows(digits):
+    keras.utils.set_random_seed(1)
+    model = make_mlp(learning_rate=0.05)
+    callback = keras_batchtune.DynamicBatchSize(
+        "noise_scale",
+        min_batch_size=16,
+        max_batch_size=256,
+        seed=0,
+        patience=1,
+    )
+    history = _fit(model, digits, callback, epochs=6)
+    noise_scales = history.history["gradient_noise_scale"]
+    assert len(noise_scales) == 6
+    assert all(np.isfinite(value) and value > 0 for value in noise_scales)
+    assert max(history.history["batch_size"]) > 16
+    assert callback.batch_size_history == history.history["batch_size"]
+
+
+def test_logs_reach_csv_logger(digits, tmp_path):
+    path = tmp_path / "log.csv"
+    _fit(
+        make_mlp(),
+        digits,
+        _schedule(),
+        epochs=3,
+        callbacks=[keras.callbacks.CSVLogger(str(path))],
+    )
+    with open(path) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(float(row["batch_size"])) for row in rows] == [16, 32, 128]
+    assert "learning_rate" in rows[0]
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("interrupted")
+
+
+def test_backup_and_restore_resumes_batch_and_lr(digits, tmp_path):
+    def run(interrupt_at=None):
+        callbacks = [keras.callbacks.BackupAndRestore(str(tmp_path))]
+        if interrupt_at is not None:
+            callbacks.append(_Interrupt(interrupt_at))
+        callback = keras_batchtune.DynamicBatchSize(
+            "plateau",
+            monitor="loss",
+            patience=0,
+            min_delta=10.0,
+            min_batch_size=16,
+            max_batch_size=256,
+        )
+        model = make_mlp(learning_rate=0.01)
+        history = _fit(model, digits, callback, epochs=5, callbacks=callbacks)
+        return history, model
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run(interrupt_at=2)
+    # A fresh model, callback and fit, as after a crash.
+    history, model = run()
+    logs = history.history
+    # Epochs 0-2 ran at 16, 16, 32 (the first epoch sets the best loss, then
+    # the batch doubles every epoch) and chose 64 for epoch 3: the restarted
+    # fit runs epochs 3 and 4 at 64 and 128, the LR coupled to them (a
+    # fresh start would run at 16).
+    assert logs["batch_size"] == [64, 128]
+    np.testing.assert_allclose(logs["learning_rate"], [0.04, 0.08], rtol=1e-6)
+
+
+def test_strategy_with_replicas_is_refused(digits, mirrored_strategy):
+    # Keras 3's gradient accumulation (how the batch per update changes)
+    # fails under tf.distribute: a clear error instead, before training.
+    with mirrored_strategy.scope():
+        model = make_mlp(learning_rate=0.02)
+    with pytest.raises(ValueError, match="2 replicas"):
+        _fit(model, digits, _schedule(), epochs=1, batch_size=32)
+
+
+def test_plain_input_is_refused(digits):
+    x, y = digits[0], digits[1]
+    # A resizable input used by an earlier fit must not be mistaken for this
+    # fit's arrays.
+    make_mlp().fit(keras_batchtune.resizable(x, y, batch_size=32), verbose=0)
+    with pytest.raises(ValueError, match="keras_batchtune.resizable"):
+        make_mlp().fit(
+            x, y, batch_size=32, epochs=1, verbose=0, callbacks=[_schedule()]
+        )
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        (("bigger",), {}, "`policy`"),
+        (
+            ("plateau",),
+            {"min_batch_size": 64, "max_batch_size": 32},
+            "min_batch_size",
+        ),
+        (("schedule",), {"schedule": {2: 0}}, "schedule"),
+        (("schedule",), {"schedule": lambda epoch: -1}, None),
+        (("plateau",), {"factor": 1.0}, "factor"),
+        (("plateau",), {"lr_scaling": "cubic"}, "lr_scaling"),
+    ],
+)
+def test_bad_arguments(args, kwargs, match, digits):
+    kwargs = {"min_batch_size": 16, "max_batch_size": 256, **kwargs}
+    if match is None:
+        # A callable schedule is only checked when it answers.
+        with pytest.raises(ValueError, match="schedule"):
+            _fit(
+                make_mlp(),
+                digits,
+                keras_batchtune.DynamicBatchSize(*args, **kwargs),
+                epochs=1,
+            )
+        return
+    with pytest.raises(ValueError, match=match):
+        keras_batchtune.DynamicBatchSize(*args, **kwargs)
+
+
+def test_micro_batch_above_max_is_refused(digits):
+    callback = keras_batchtune.DynamicBatchSize(
+        "plateau", min_batch_size=8, max_batch_size=8
+    )
+    with pytest.raises(ValueError, match="max_batch_size"):
+        _fit(make_mlp(), digits, callback, epochs=1, batch_size=16)
