@@ -3,7 +3,6 @@
 from keras_batchtune.callbacks import DynamicBatchSize
 from keras_batchtune.coupling import ScaledLearningRate
 from keras_batchtune.coupling import couple_learning_rate
-from keras_batchtune.distribute import resolve_strategy
 from keras_batchtune.gradients import gradient_noise_scale
 from keras_batchtune.memory import BatchSizeSearchResult
 from keras_batchtune.memory import Probe
@@ -47,7 +46,6 @@ __all__ = [
     "get_policy",
     "gradient_noise_scale",
     "plot_search",
-    "resolve_strategy",
     "resizable",
     "LR_SCALING_RULES",
     "ScaledLearningRate",

@@ -12,6 +12,8 @@ DIVERGED_AT_EPOCH = "diverged_at_epoch"
 # Reported when a micro-batch ran out of memory and the trial was retried
 # with more accumulation steps: it lowers the ceiling, the trial goes on.
 OUT_OF_MEMORY_AT_MICRO_BATCH_SIZE = "out_of_memory_at_micro_batch_size"
+DYNAMIC_BATCH_SIZE = "dynamic_batch_size"
+"""Trial metric: the batch size of each epoch (step) with `dynamic=`."""
 REASON_MESSAGES = {
     OUT_OF_MEMORY_AT_BATCH_SIZE: "out of memory at batch {}",
     DIVERGED_AT_EPOCH: "diverged at epoch {}",
@@ -125,8 +127,10 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
 
     @keras_tuner.synchronized
     def update_trial(self, trial_id, metrics, step=0):
+        # Reported apart from the objective, during or after a trial.
         memory_names = set(REASON_MESSAGES) | {
-            OUT_OF_MEMORY_AT_MICRO_BATCH_SIZE
+            OUT_OF_MEMORY_AT_MICRO_BATCH_SIZE,
+            DYNAMIC_BATCH_SIZE,
         }
         reasons = {k: v for k, v in metrics.items() if k in memory_names}
         if not reasons:

@@ -1,5 +1,6 @@
 """One trial's `model.fit`: batch size set, learning rate coupled, timed."""
 
+import copy
 import math
 import time
 
@@ -10,6 +11,7 @@ from keras_tuner import errors
 from keras_batchtune import coupling
 from keras_batchtune import data
 from keras_batchtune import memory
+from keras_batchtune import resizable_data
 from keras_batchtune import scaling
 from keras_batchtune import space
 
@@ -111,8 +113,11 @@ class TrialFit:
         lr_scaling="linear",
         warmup_epochs=0,
         max_micro_batch_size=None,
+        dynamic=None,
     ):
         self.batch_size = batch_size
+        self.dynamic = dynamic
+        self.dynamic_callbacks = []
         self.max_micro_batch_size = max_micro_batch_size
         self.micro_batch_size = None
         self.accumulation_steps = 1
@@ -216,7 +221,9 @@ class TrialFit:
             data.check_batchable(x)
             num_examples = _count_examples(x, kwargs)
             physical_batch_size = self._accumulate(model, batch_size)
-            if isinstance(x, tf.data.Dataset):
+            if self.dynamic is not None:
+                args, kwargs = self._make_resizable(args, kwargs, batch_size)
+            elif isinstance(x, tf.data.Dataset):
                 x = data.batch_dataset(x, physical_batch_size)
                 if args:
                     args[0] = x
@@ -247,6 +254,18 @@ class TrialFit:
         kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [recorder]
         self._recorders.append(recorder)
         return args, kwargs
+
+    def _make_resizable(self, args, kwargs, batch_size):
+        """Wraps the data for a copy of the `DynamicBatchSize` template."""
+        x = args[0] if args else kwargs.pop("x", None)
+        y = args[1] if len(args) > 1 else kwargs.pop("y", None)
+        kwargs.pop("batch_size", None)
+        kwargs.pop("shuffle", None)
+        kwargs["x"] = resizable_data.resizable(x, y, batch_size=batch_size)
+        callback = copy.deepcopy(self.dynamic)
+        self.dynamic_callbacks.append(callback)
+        kwargs["callbacks"] = [callback] + list(kwargs.get("callbacks") or [])
+        return args[2:], kwargs
 
     def _accumulate(self, model, batch_size):
         """Splits `batch_size` to fit `max_micro_batch_size`; sets up Keras."""

@@ -8,6 +8,7 @@ import keras
 import keras_tuner
 from keras_tuner import errors
 
+from keras_batchtune import callbacks as callbacks_module
 from keras_batchtune import checkpoint
 from keras_batchtune import coupling
 from keras_batchtune import data
@@ -97,6 +98,12 @@ class BatchTuner(keras_tuner.Tuner):
             `keras_batchtune.find_max_batch_size` on a model built with the
             default hyperparameters, and caps the physical batch with it.
             Defaults to False.
+        dynamic: Optional `keras_batchtune.DynamicBatchSize`. Every trial
+            then trains with a copy of it, starting at the trial's batch size
+            (the input wrapped by `keras_batchtune.resizable`); the batch
+            sizes each trial went through are in its metric
+            `dynamic_batch_size`, one value per epoch. Its `max_batch_size`
+            must be at least the tuner's.
         **kwargs: The arguments of `keras_tuner.Tuner`: `directory`,
             `project_name`, `overwrite`, `executions_per_trial`,
             `distribution_strategy`, `max_model_size`, `optimizer`, `loss`,
@@ -128,6 +135,7 @@ class BatchTuner(keras_tuner.Tuner):
         warmup_epochs=0,
         accumulate=False,
         probe_memory=False,
+        dynamic=None,
         **kwargs,
     ):
         grid = space.batch_size_grid(min_batch_size, max_batch_size)
@@ -152,6 +160,7 @@ class BatchTuner(keras_tuner.Tuner):
         self.warmup_epochs = warmup_epochs
         self.accumulate = bool(accumulate)
         self.probe_memory = bool(probe_memory)
+        self.dynamic = _check_dynamic(dynamic, max_batch_size)
         self.seed = seed
         self._search_batch_size = None
         self._memory_ceiling = None
@@ -301,6 +310,7 @@ class BatchTuner(keras_tuner.Tuner):
                 lr_scaling=self.lr_scaling,
                 warmup_epochs=self.warmup_epochs,
                 max_micro_batch_size=self._max_micro_batch_size(),
+                dynamic=self.dynamic,
             )
             self._trial_fit = run
             try:
@@ -332,6 +342,13 @@ class BatchTuner(keras_tuner.Tuner):
                 )
             finally:
                 self._trial_fit = None
+        for callback in run.dynamic_callbacks:
+            for epoch, size in enumerate(callback.batch_size_history):
+                self.oracle.update_trial(
+                    trial.trial_id,
+                    {oracle_module.DYNAMIC_BATCH_SIZE: size},
+                    step=epoch,
+                )
         if run.diverged_at_epoch is not None:
             self._report_failure(
                 trial, oracle_module.DIVERGED_AT_EPOCH, run.diverged_at_epoch
@@ -434,6 +451,23 @@ class BatchTuner(keras_tuner.Tuner):
     def set_state(self, state):
         super().set_state(state)
         self._search_batch_size = state.get("search_batch_size")
+
+
+def _check_dynamic(dynamic, max_batch_size):
+    if dynamic is None:
+        return None
+    if not isinstance(dynamic, callbacks_module.DynamicBatchSize):
+        raise ValueError(
+            "`dynamic` must be a `keras_batchtune.DynamicBatchSize` or None. "
+            f"Received: dynamic={dynamic!r}"
+        )
+    if dynamic.max_batch_size < max_batch_size:
+        raise ValueError(
+            "`dynamic`: its `max_batch_size` "
+            f"({dynamic.max_batch_size}) must be >= the tuner's "
+            f"`max_batch_size` ({max_batch_size}), the largest starting batch."
+        )
+    return dynamic
 
 
 def _with_records(results, records, objective):

@@ -7,9 +7,8 @@ import sys
 
 import pytest
 
-EXAMPLE = (
-    pathlib.Path(__file__).resolve().parents[1] / "examples" / "dynamic_batch.py"
-)
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "dynamic_batch.py"
 
 
 @pytest.mark.parametrize("policy", ["noise_scale", "schedule"])

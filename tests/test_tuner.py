@@ -734,3 +734,57 @@ def test_accumulate_splits_nothing_without_a_memory_ceiling(tmp_path, digits):
     trial = trials(tuner)[0]
     assert trial.metrics.get_last_value("micro_batch_size") == 2048
     assert trial.metrics.get_last_value("accumulation_steps") == 1
+
+
+def test_dynamic_batch_size_in_every_trial(tmp_path, digits):
+    dynamic = keras_batchtune.DynamicBatchSize(
+        "plateau",
+        monitor="loss",
+        patience=0,
+        min_delta=10.0,
+        min_batch_size=16,
+        max_batch_size=256,
+    )
+    tuner = BatchTuner(
+        build_mlp,
+        objective="val_accuracy",
+        max_trials=2,
+        min_batch_size=16,
+        max_batch_size=32,
+        dynamic=dynamic,
+        seed=3,
+        directory=tmp_path,
+    )
+    search(tuner, digits, epochs=3)
+    for trial in trials(tuner):
+        start = trial.hyperparameters["batch_size"]
+        history = trial.metrics.get_history("dynamic_batch_size")
+        # The first epoch sets the best loss; then the batch doubles.
+        assert [entry.value[0] for entry in history] == [
+            start,
+            start,
+            2 * start,
+        ]
+    # The template itself never trains.
+    assert dynamic.batch_size is None
+
+
+def test_dynamic_must_be_a_callback_covering_the_range(tmp_path):
+    with pytest.raises(ValueError, match="`dynamic`"):
+        BatchTuner(
+            build_mlp,
+            objective="val_accuracy",
+            dynamic="plateau",
+            directory=tmp_path,
+        )
+    small = keras_batchtune.DynamicBatchSize(
+        "plateau", min_batch_size=16, max_batch_size=64
+    )
+    with pytest.raises(ValueError, match="max_batch_size"):
+        BatchTuner(
+            build_mlp,
+            objective="val_accuracy",
+            max_batch_size=128,
+            dynamic=small,
+            directory=tmp_path,
+        )
