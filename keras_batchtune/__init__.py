@@ -3,6 +3,7 @@
 from keras_batchtune.callbacks import DynamicBatchSize
 from keras_batchtune.coupling import ScaledLearningRate
 from keras_batchtune.coupling import couple_learning_rate
+from keras_batchtune.distribute import resolve_strategy
 from keras_batchtune.gradients import gradient_noise_scale
 from keras_batchtune.memory import BatchSizeSearchResult
 from keras_batchtune.memory import Probe
@@ -46,6 +47,7 @@ __all__ = [
     "get_policy",
     "gradient_noise_scale",
     "plot_search",
+    "resolve_strategy",
     "resizable",
     "LR_SCALING_RULES",
     "ScaledLearningRate",

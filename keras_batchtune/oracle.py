@@ -52,7 +52,14 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
       every worker of a distributed search;
     - trials that ran out of memory or diverged (metric `diverged_at_epoch`)
       end FAILED with that reason as their message, and do not count toward
-      `max_consecutive_failed_trials`.
+      `max_consecutive_failed_trials`;
+    - a trial waiting for a retry whose batch size is at or above the ceiling
+      is not run again: it ends FAILED.
+
+    In a distributed search (`KERASTUNER_ORACLE_IP`, ...) this oracle runs on
+    the chief; workers report an out-of-memory trial through
+    `update_trial`, so a ceiling learnt by one worker holds for every trial
+    the chief creates afterwards, whichever worker runs it.
 
     With `accumulate=True` the ceiling caps the physical (micro-)batch
     instead: every batch size stays proposable, and batches at or above the
@@ -85,6 +92,32 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
         self.batch_size_ceiling = space.lowered_ceiling(
             self.batch_size_ceiling, batch_size
         )
+
+    @keras_tuner.synchronized
+    def create_trial(self, tuner_id):
+        # A trial queued for a retry (`max_retries_per_trial`) keeps its
+        # values: one at or above a ceiling learnt since is not run again.
+        self._drop_retries_at_or_above_ceiling()
+        return super().create_trial(tuner_id)
+
+    def _drop_retries_at_or_above_ceiling(self):
+        if self.batch_size_ceiling is None or self.accumulate:
+            return
+        for trial_id in list(self._retry_queue):
+            trial = self.trials[trial_id]
+            batch_size = trial.hyperparameters.values.get(space.BATCH_SIZE)
+            if batch_size is None or batch_size < self.batch_size_ceiling:
+                continue
+            self._retry_queue.remove(trial_id)
+            trial.status = trial_module.TrialStatus.FAILED
+            trial.message = (
+                f"not retried: batch {batch_size} is at or above the "
+                f"out-of-memory ceiling {self.batch_size_ceiling}\n"
+                + (trial.message or "")
+            )
+            self.end_order.append(trial_id)
+            self._save_trial(trial)
+            self.save()
 
     def populate_space(self, trial_id):
         batch_hp = self._batch_size_hyperparameter()

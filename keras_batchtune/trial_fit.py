@@ -10,6 +10,7 @@ from keras_tuner import errors
 
 from keras_batchtune import coupling
 from keras_batchtune import data
+from keras_batchtune import distribute
 from keras_batchtune import memory
 from keras_batchtune import resizable_data
 from keras_batchtune import scaling
@@ -22,12 +23,16 @@ EXAMPLES_PER_SECOND = "examples_per_second"
 FIT_SECONDS = "fit_seconds"
 MICRO_BATCH_SIZE = "micro_batch_size"
 ACCUMULATION_STEPS = "accumulation_steps"
+GLOBAL_BATCH_SIZE = "global_batch_size"
+NUM_REPLICAS = "num_replicas"
 RECORD_NAMES = (
     EFFECTIVE_LEARNING_RATE,
     EXAMPLES_PER_SECOND,
     FIT_SECONDS,
     MICRO_BATCH_SIZE,
     ACCUMULATION_STEPS,
+    GLOBAL_BATCH_SIZE,
+    NUM_REPLICAS,
 )
 
 
@@ -104,6 +109,12 @@ class TrialFit:
             A larger batch `B` set by the tuner runs as `k` accumulated
             micro-batches of `B / k` (Keras's optimizer
             `gradient_accumulation_steps`); the LR is coupled to `B`.
+        per_replica: Whether `batch_size` (and `max_micro_batch_size`) are
+            per replica of the model's `tf.distribute` strategy; the global
+            batch is then `batch_size * num_replicas_in_sync`. The LR is
+            always coupled to the global batch.
+        drop_remainder: Whether to train on full batches only (one batch
+            shape), as always under a `TPUStrategy`.
     """
 
     def __init__(
@@ -113,11 +124,16 @@ class TrialFit:
         lr_scaling="linear",
         warmup_epochs=0,
         max_micro_batch_size=None,
+        per_replica=False,
+        drop_remainder=False,
         dynamic=None,
     ):
         self.batch_size = batch_size
         self.dynamic = dynamic
         self.dynamic_callbacks = []
+        self.per_replica = per_replica
+        self.drop_remainder = drop_remainder
+        self.num_replicas = 1
         self.max_micro_batch_size = max_micro_batch_size
         self.micro_batch_size = None
         self.accumulation_steps = 1
@@ -170,6 +186,9 @@ class TrialFit:
         if self.max_micro_batch_size is not None:
             records[MICRO_BATCH_SIZE] = self.micro_batch_size
             records[ACCUMULATION_STEPS] = self.accumulation_steps
+        if self.per_replica or self.num_replicas > 1:
+            records[GLOBAL_BATCH_SIZE] = self.batch_size_used
+            records[NUM_REPLICAS] = self.num_replicas
         examples, seconds = 0, 0.0
         for recorder in self._recorders:
             epochs = recorder.epoch_train_seconds
@@ -201,7 +220,11 @@ class TrialFit:
             return original_fit(*args, **kwargs)
         except Exception as error:
             if memory.is_out_of_memory_error(error):
-                self.out_of_memory_batch_size = self.micro_batch_size
+                # In the units of the searched batch size (per replica, or
+                # global), as the oracle's ceiling compares it.
+                self.out_of_memory_batch_size = self.micro_batch_size // (
+                    self.num_replicas if self.per_replica else 1
+                )
             raise
         finally:
             self.fit_seconds += time.perf_counter() - start
@@ -210,19 +233,36 @@ class TrialFit:
         """Sets the batch size, batches the data and couples the LR."""
         x = args[0] if args else kwargs.get("x")
         reference = self._reference(x)
+        strategy = distribute.model_strategy(model)
+        self.num_replicas = distribute.num_replicas(strategy)
+        if distribute.is_tpu_strategy(strategy):
+            self.drop_remainder = True  # one batch shape: one XLA program
         num_examples = None
         if kwargs.get("batch_size") is not None:
             batch_size = scaling.check_positive_int(
                 "batch_size", kwargs["batch_size"]
             )
+            space.check_global_batch_size(batch_size, self.num_replicas)
         else:
             batch_size = self.batch_size or reference
+            if self.batch_size:
+                batch_size = space.global_batch_size(
+                    batch_size, self.num_replicas, self.per_replica
+                )
+            space.check_global_batch_size(batch_size, self.num_replicas)
             self.tuner_set_batch_size = True
             data.check_batchable(x)
             num_examples = _count_examples(x, kwargs)
             physical_batch_size = self._accumulate(model, batch_size)
             if self.dynamic is not None:
                 args, kwargs = self._make_resizable(args, kwargs, batch_size)
+            elif self.drop_remainder:
+                args, kwargs = distribute.static_batches(
+                    args, kwargs, physical_batch_size
+                )
+                x = kwargs["x"]
+                if num_examples is not None:
+                    num_examples -= num_examples % physical_batch_size
             elif isinstance(x, tf.data.Dataset):
                 x = data.batch_dataset(x, physical_batch_size)
                 if args:
@@ -238,6 +278,9 @@ class TrialFit:
                         )
             else:
                 kwargs["batch_size"] = physical_batch_size
+        if distribute.is_multi_worker(strategy):
+            distribute.check_workers_agree(strategy, batch_size)
+            distribute.patch_for_multi_worker(model)
         if self.micro_batch_size is None:
             self.micro_batch_size = batch_size
         self.batch_size_used = batch_size
@@ -271,8 +314,11 @@ class TrialFit:
         """Splits `batch_size` to fit `max_micro_batch_size`; sets up Keras."""
         if self.max_micro_batch_size is None:
             return batch_size
+        scale = self.num_replicas if self.per_replica else 1
         micro_batch_size, steps = space.split_batch(
-            batch_size, self.max_micro_batch_size
+            batch_size,
+            self.max_micro_batch_size * scale,
+            multiple=self.num_replicas,
         )
         if steps > 1:
             optimizer = model.optimizer

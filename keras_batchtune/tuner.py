@@ -12,6 +12,7 @@ from keras_batchtune import callbacks as callbacks_module
 from keras_batchtune import checkpoint
 from keras_batchtune import coupling
 from keras_batchtune import data
+from keras_batchtune import distribute
 from keras_batchtune import memory
 from keras_batchtune import oracle as oracle_module
 from keras_batchtune import report
@@ -104,16 +105,30 @@ class BatchTuner(keras_tuner.Tuner):
             sizes each trial went through are in its metric
             `dynamic_batch_size`, one value per epoch. Its `max_batch_size`
             must be at least the tuner's.
+        per_replica: Boolean. If False (default), the searched batch size is
+            global, as in Keras, and split across the
+            `num_replicas_in_sync` replicas of `distribution_strategy`; if
+            True, it is per replica and the global batch is
+            `batch_size * num_replicas_in_sync`. Either way the grid holds
+            only batches that split evenly (times 8 per core on TPU; other
+            bounds are rounded, with a warning) and the learning rate is
+            coupled to the global batch. Without a strategy there is one
+            replica and both meanings agree.
         **kwargs: The arguments of `keras_tuner.Tuner`: `directory`,
             `project_name`, `overwrite`, `executions_per_trial`,
-            `distribution_strategy`, `max_model_size`, `optimizer`, `loss`,
-            `metrics`, `tuner_id`, `logger`.
+            `distribution_strategy` (a `tf.distribute.Strategy`, see
+            `keras_batchtune.resolve_strategy`), `max_model_size`,
+            `optimizer`, `loss`, `metrics`, `tuner_id`, `logger`.
 
     Raises:
         ValueError: for a batch size that is not a positive integer,
             `min_batch_size > max_batch_size`, an unknown `lr_scaling`, a rule
-            returning a value <= 0, or a negative `warmup_epochs`; raised
-            before anything is written to `directory`.
+            returning a value <= 0, a negative `warmup_epochs`, or a global
+            `min_batch_size` smaller than the replica count; raised before
+            anything is written to `directory`. A batch size that does not
+            split evenly across the replicas (one registered by the
+            hypermodel, or passed to `fit` by it) stops the search with a
+            `ValueError` at its first trial.
     """
 
     def __init__(
@@ -136,14 +151,24 @@ class BatchTuner(keras_tuner.Tuner):
         accumulate=False,
         probe_memory=False,
         dynamic=None,
+        per_replica=False,
         **kwargs,
     ):
+        strategy = kwargs.get("distribution_strategy")
+        min_batch_size, max_batch_size = distribute.aligned_batch_range(
+            min_batch_size, max_batch_size, strategy, per_replica
+        )
+        self.per_replica = bool(per_replica)
+        # The LR rule is checked on global batches.
+        scale = distribute.num_replicas(strategy) if per_replica else 1
         grid = space.batch_size_grid(min_batch_size, max_batch_size)
         if base_batch_size is not None:
             scaling.check_positive_int("base_batch_size", base_batch_size)
         reference = base_batch_size or trial_fit.KERAS_DEFAULT_BATCH_SIZE
         for batch_size in grid + [min_batch_size, max_batch_size]:
-            scaling.learning_rate_multiplier(batch_size, reference, lr_scaling)
+            scaling.learning_rate_multiplier(
+                batch_size * scale, reference, lr_scaling
+            )
         if (
             isinstance(warmup_epochs, bool)
             or not isinstance(warmup_epochs, numbers.Real)
@@ -278,14 +303,18 @@ class BatchTuner(keras_tuner.Tuner):
         x = fit_args[0] if fit_args else fit_kwargs.get("x")
         y = fit_args[1] if len(fit_args) > 1 else fit_kwargs.get("y")
         model = self._try_build(self.oracle.get_space())
+        # The finder works in global batches; the ceiling in searched ones.
+        scale = 1
+        if self.per_replica:
+            scale = distribute.num_replicas(distribute.model_strategy(model))
         result = memory.find_max_batch_size(
             model,
             x if y is None else (x, y),
             mode="binsearch",
-            start=self.min_batch_size,
-            max_batch_size=self.max_batch_size,
+            start=self.min_batch_size * scale,
+            max_batch_size=self.max_batch_size * scale,
         )
-        ceiling = result.batch_size + 1
+        ceiling = result.batch_size // scale + 1
         self._memory_ceiling = space.lowered_ceiling(
             self._memory_ceiling, ceiling
         )
@@ -311,6 +340,7 @@ class BatchTuner(keras_tuner.Tuner):
                 warmup_epochs=self.warmup_epochs,
                 max_micro_batch_size=self._max_micro_batch_size(),
                 dynamic=self.dynamic,
+                per_replica=self.per_replica,
             )
             self._trial_fit = run
             try:

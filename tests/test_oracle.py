@@ -91,3 +91,31 @@ def test_search_stops_when_nothing_fits(tmp_path, capsys):
     assert "every batch size in the search space ran out of memory" in (
         capsys.readouterr().out
     )
+
+
+def test_retry_at_or_above_a_later_ceiling_is_not_run(tmp_path):
+    oracle = make_oracle(tmp_path, max_retries_per_trial=1, seed=3)
+    crashed = oracle.create_trial("worker0")
+    other = oracle.create_trial("worker1")
+    batch_size = crashed.hyperparameters["batch_size"]
+    assert batch_size >= 32
+    # The first trial crashes (INVALID: queued for a retry); then the other
+    # worker runs out of memory, at a batch no larger than the first's.
+    crashed.status = "INVALID"
+    oracle.end_trial(crashed)
+    assert crashed.trial_id in oracle._retry_queue
+    oracle.update_trial(
+        other.trial_id, {oracle_module.OUT_OF_MEMORY_AT_BATCH_SIZE: batch_size}
+    )
+    other.status = "FAILED"
+    oracle.end_trial(other)
+    following = [run_trial(oracle, tuner_id="worker0") for _ in range(3)]
+    assert crashed.trial_id not in [t.trial_id for t in following]
+    assert all(t.hyperparameters["batch_size"] < batch_size for t in following)
+    ended = oracle.get_trial(crashed.trial_id)
+    assert ended.status == "FAILED"
+    assert ended.message.startswith(
+        f"not retried: batch {batch_size} is at or above the out-of-memory "
+        f"ceiling {batch_size}"
+    )
+    assert crashed.trial_id not in oracle._retry_queue

@@ -46,3 +46,51 @@ def test_lowered_ceiling_only_moves_down():
     assert space.lowered_ceiling(None, 512) == 512
     assert space.lowered_ceiling(256, 512) == 256
     assert space.lowered_ceiling(256, 128) == 128
+
+
+def test_batch_unit_follows_replicas_and_tpu_cores():
+    assert space.batch_size_unit() == 1
+    assert space.batch_size_unit(2) == 2
+    assert space.batch_size_unit(2, per_replica=True) == 1
+    assert space.batch_size_unit(8, per_replica_multiple=8) == 64
+    assert space.batch_size_unit(8, True, space.TPU_PER_CORE_MULTIPLE) == 8
+
+
+def test_aligned_range_rounds_inwards():
+    assert space.aligned_batch_range(16, 1024) == (16, 1024)
+    assert space.aligned_batch_range(3, 101, num_replicas=2) == (4, 100)
+    assert space.aligned_batch_range(
+        16, 1000, num_replicas=8, per_replica_multiple=8
+    ) == (64, 960)
+    assert space.aligned_batch_range(
+        4, 100, num_replicas=8, per_replica=True, per_replica_multiple=8
+    ) == (8, 96)
+    grid = space.batch_size_grid(*space.aligned_batch_range(6, 500, 4))
+    assert grid == [8, 16, 32, 64, 128, 256]
+
+
+def test_aligned_range_refuses_less_than_one_example_per_replica():
+    with pytest.raises(ValueError, match="at least one example per replica"):
+        space.aligned_batch_range(1, 64, num_replicas=2)
+    # Per replica, 1 is one example per replica.
+    assert space.aligned_batch_range(1, 64, 2, per_replica=True) == (1, 64)
+    with pytest.raises(ValueError, match="`max_batch_size` must be >= 64"):
+        space.aligned_batch_range(16, 32, 8, per_replica_multiple=8)
+
+
+def test_global_batch_size_and_its_check():
+    assert space.global_batch_size(32, 8, per_replica=True) == 256
+    assert space.global_batch_size(32, 8) == 32
+    assert space.check_global_batch_size(64, 8) == 64
+    with pytest.raises(ValueError, match="use 8 or 10"):
+        space.check_global_batch_size(9, 2)
+    with pytest.raises(ValueError, match="less than one example"):
+        space.check_global_batch_size(1, 2)
+
+
+def test_split_keeps_micro_batches_multiples_of_the_replicas():
+    assert space.split_batch(12, 5, multiple=2) == (4, 3)
+    assert space.split_batch(64, 20, multiple=8) == (16, 4)
+    assert space.split_batch(8, 1, multiple=2) == (2, 4)  # never below 2
+    with pytest.raises(ValueError, match="`multiple` must divide"):
+        space.split_batch(9, 4, multiple=2)

@@ -1,0 +1,436 @@
+"""Distribution: the strategy, replica-aware batches, real tf.distribute runs.
+
+In-process tests use a real MirroredStrategy over two logical CPU devices
+(conftest.py); the MultiWorkerMirroredStrategy test runs two worker
+processes on 127.0.0.1.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import keras_tuner
+import pytest
+import tensorflow as tf
+from conftest import MemoryLimit
+
+import keras_batchtune
+from keras_batchtune import distribute
+from keras_batchtune import trial_fit
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+class BatchLog(keras.layers.Layer):
+    """Identity layer that records the batch size each replica computes on.
+
+    Each instance appends to its own list in `BatchLog.runs` (a class
+    attribute, so that the lists outlive the models KerasTuner builds).
+    """
+
+    runs = []
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.run = len(BatchLog.runs)
+        BatchLog.runs.append([])
+
+    def call(self, inputs):
+        def record(size):
+            BatchLog.runs[self.run].append(int(size))
+            return size
+
+        size = tf.py_function(record, [tf.shape(inputs)[0]], tf.int32)
+        size.set_shape([])
+        return inputs + 0.0 * tf.cast(size, inputs.dtype)
+
+
+LEARNING_RATE = 0.05
+
+
+def build_model(hp, max_batch_size=None):
+    layers = [keras.Input((64,)), BatchLog()]
+    if max_batch_size is not None:
+        layers.append(MemoryLimit(max_batch_size))
+    layers += [
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ]
+    model = keras.Sequential(layers)
+    model.compile(
+        optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=0.9),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def trials_in_order(tuner):
+    return [tuner.oracle.trials[i] for i in tuner.oracle.start_order]
+
+
+def seen_per_trial():
+    """The per-replica batch sizes of each model that trained, in order."""
+    return [run for run in BatchLog.runs if run]
+
+
+def metric(trial, name):
+    return trial.metrics.get_last_value(name)
+
+
+def test_resolve_strategy_on_cpu_is_the_default_one(capsys, caplog):
+    caplog.set_level("INFO", logger="keras_batchtune")
+    strategy = keras_batchtune.resolve_strategy()
+    assert strategy is tf.distribute.get_strategy()
+    assert strategy.num_replicas_in_sync == 1
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "keras_batchtune: using the default strategy with 1 replica in sync "
+        "(no TPU found, no GPU found, TF_CONFIG names no cluster)."
+    )
+    assert out.strip() in caplog.text
+    keras_batchtune.resolve_strategy(verbose=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_global_batch_is_split_across_replicas(
+    digits, mirrored_strategy, tmp_path
+):
+    x, y, x_val, y_val = digits
+    BatchLog.runs = []
+    tuner = keras_batchtune.BatchTuner(
+        build_model,
+        objective="val_accuracy",
+        max_trials=3,
+        seed=2,
+        min_batch_size=8,
+        max_batch_size=64,
+        distribution_strategy=mirrored_strategy,
+        directory=str(tmp_path),
+    )
+    tuner.search(
+        x[:512], y[:512], epochs=1, validation_data=(x_val, y_val), verbose=0
+    )
+    trials = trials_in_order(tuner)
+    assert len(trials) == 3
+    assert len({t.hyperparameters["batch_size"] for t in trials}) == 3
+    for trial, seen in zip(trials, seen_per_trial(), strict=True):
+        batch_size = trial.hyperparameters["batch_size"]
+        # Each of the 2 replicas computes on half of every global batch:
+        # 512 / B full training batches, then the validation batches.
+        assert max(seen) == batch_size // 2
+        assert seen.count(batch_size // 2) >= 2 * (512 // batch_size)
+        # The learning rate follows the global batch (reference 32).
+        assert metric(trial, "effective_learning_rate") == pytest.approx(
+            LEARNING_RATE * batch_size / 32
+        )
+        assert metric(trial, trial_fit.GLOBAL_BATCH_SIZE) == batch_size
+        assert metric(trial, trial_fit.NUM_REPLICAS) == 2
+
+
+def test_per_replica_batch_and_out_of_memory_ceiling(
+    digits, mirrored_strategy, tmp_path
+):
+    x, y, x_val, y_val = digits
+    BatchLog.runs = []
+    tuner = keras_batchtune.BatchTuner(
+        lambda hp: build_model(hp, max_batch_size=16),  # per replica
+        objective="val_accuracy",
+        max_trials=3,
+        seed=1,
+        min_batch_size=8,
+        max_batch_size=32,
+        per_replica=True,
+        distribution_strategy=mirrored_strategy,
+        directory=str(tmp_path),
+    )
+    tuner.search(
+        x[:256], y[:256], epochs=1, validation_data=(x_val, y_val), verbose=0
+    )
+    trials = trials_in_order(tuner)
+    by_batch = {t.hyperparameters["batch_size"]: t for t in trials}
+    assert sorted(by_batch) == [8, 16, 32]
+    # 32 per replica (64 global) runs out of memory on the replicas; the
+    # ceiling is in the units of the search: per replica.
+    assert by_batch[32].status == "FAILED"
+    assert by_batch[32].message == "out of memory at batch 32"
+    assert tuner.oracle.batch_size_ceiling == 32
+    completed = [by_batch[8], by_batch[16]]
+    runs = {max(run): run for run in seen_per_trial() if max(run) <= 16}
+    for trial in completed:
+        batch_size = trial.hyperparameters["batch_size"]
+        assert trial.status == "COMPLETED"
+        # 256 / (2 B) global batches, B examples on each of the 2 replicas.
+        steps = 256 // (2 * batch_size)
+        assert runs[batch_size].count(batch_size) >= 2 * steps
+        assert metric(trial, trial_fit.GLOBAL_BATCH_SIZE) == 2 * batch_size
+        assert metric(trial, "effective_learning_rate") == pytest.approx(
+            LEARNING_RATE * 2 * batch_size / 32
+        )
+
+
+def test_grid_holds_multiples_of_the_replica_count(mirrored_strategy, tmp_path):
+    with pytest.warns(UserWarning, match=r"multiples of 2 \(2 replicas"):
+        tuner = keras_batchtune.BatchTuner(
+            build_model,
+            objective="val_accuracy",
+            min_batch_size=3,
+            max_batch_size=50,
+            distribution_strategy=mirrored_strategy,
+            directory=str(tmp_path),
+        )
+    batch_hp = tuner.oracle.get_space().get_config()["space"]
+    config = [h for h in batch_hp if h["config"]["name"] == "batch_size"][0]
+    assert config["config"]["min_value"] == 4
+    assert config["config"]["max_value"] == 50
+    assert (tuner.min_batch_size, tuner.max_batch_size) == (4, 50)
+
+
+def test_less_than_one_example_per_replica_is_refused(
+    mirrored_strategy, tmp_path
+):
+    with pytest.raises(ValueError, match="at least one example per replica"):
+        keras_batchtune.BatchTuner(
+            build_model,
+            objective="val_accuracy",
+            min_batch_size=1,
+            distribution_strategy=mirrored_strategy,
+            directory=str(tmp_path / "refused"),
+        )
+    assert not (tmp_path / "refused").exists()
+
+
+def test_uneven_batch_of_the_hypermodel_stops_the_search(
+    digits, mirrored_strategy, tmp_path
+):
+    x, y, x_val, y_val = digits
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("batch_size", 9)
+    tuner = keras_batchtune.BatchTuner(
+        build_model,
+        objective="val_accuracy",
+        max_trials=1,
+        hyperparameters=hp,
+        distribution_strategy=mirrored_strategy,
+        directory=str(tmp_path),
+    )
+    with pytest.raises(ValueError, match="multiple of the 2 replicas"):
+        tuner.search(x, y, validation_data=(x_val, y_val), verbose=0)
+
+
+def test_per_replica_without_strategy_is_global_with_one_replica(
+    digits, tmp_path
+):
+    x, y, x_val, y_val = digits
+    BatchLog.runs = []
+    tuner = keras_batchtune.BatchTuner(
+        build_model,
+        objective="val_accuracy",
+        max_trials=2,
+        seed=3,
+        min_batch_size=16,
+        max_batch_size=64,
+        per_replica=True,
+        directory=str(tmp_path),
+    )
+    tuner.search(
+        x[:256], y[:256], epochs=1, validation_data=(x_val, y_val), verbose=0
+    )
+    for trial, seen in zip(trials_in_order(tuner), seen_per_trial()):
+        batch_size = trial.hyperparameters["batch_size"]
+        assert max(seen) == batch_size
+        assert metric(trial, trial_fit.GLOBAL_BATCH_SIZE) == batch_size
+        assert metric(trial, trial_fit.NUM_REPLICAS) == 1
+        assert metric(trial, "effective_learning_rate") == pytest.approx(
+            LEARNING_RATE * batch_size / 32
+        )
+
+
+def test_static_batches_drop_the_remainder_and_keep_validation(digits):
+    x, y, _, _ = digits
+    BatchLog.runs = []
+    model = build_model(None)
+    run = trial_fit.TrialFit(batch_size=64, drop_remainder=True)
+    run.install(model)
+    history = model.fit(x, y, epochs=2, validation_split=0.25, verbose=0)
+    (seen,) = seen_per_trial()
+    # 450 training examples: 7 full batches of 64 per epoch, the last 2
+    # examples left out; 150 validation examples, all of them evaluated.
+    assert seen.count(64) == 2 * 7 + 2 * 2
+    assert sorted(set(seen)) == [22, 64]
+    assert len(history.history["val_loss"]) == 2
+    assert run._recorders[0].examples_per_epoch == 448
+
+
+def test_static_batches_of_a_dataset(digits):
+    x, y, x_val, y_val = digits
+    dataset = tf.data.Dataset.from_tensor_slices((x[:100], y[:100]))
+    validation = tf.data.Dataset.from_tensor_slices((x_val, y_val))
+    args, kwargs = distribute.static_batches(
+        (dataset,), {"validation_data": validation, "shuffle": True}, 32
+    )
+    assert args == ()
+    assert kwargs["shuffle"] is False  # Keras warns about shuffle=True
+    assert [int(b[0].shape[0]) for b in kwargs["x"]] == [32, 32, 32]
+    sizes = [int(b[0].shape[0]) for b in kwargs["validation_data"]]
+    assert sum(sizes) == 200
+    with pytest.raises(ValueError, match="fewer than one batch of 128"):
+        distribute.static_batches((x[:100], y[:100]), {}, 128)
+
+
+def test_strategy_helpers(mirrored_strategy):
+    assert distribute.num_replicas(None) == 1
+    assert distribute.num_replicas(mirrored_strategy) == 2
+    assert not distribute.is_tpu_strategy(mirrored_strategy)
+    assert not distribute.is_multi_worker(mirrored_strategy)
+    assert distribute.per_replica_multiple(mirrored_strategy) == 1
+
+
+WORKER = """
+import json, os, sys, time
+sys.path.insert(0, {root!r})
+import keras
+import keras_tuner
+import numpy as np
+import tensorflow as tf
+import keras_batchtune
+
+start = time.time()
+index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+strategy = keras_batchtune.resolve_strategy()
+seen = []
+
+
+class BatchLog(keras.layers.Layer):
+    # Records the batch size this worker's replica computes on.
+    def call(self, inputs):
+        def record(size):
+            seen.append(int(size))
+            return size
+
+        size = tf.py_function(record, [tf.shape(inputs)[0]], tf.int32)
+        size.set_shape([])
+        return inputs + 0.0 * tf.cast(size, inputs.dtype)
+
+
+def build(hp):
+    model = keras.Sequential([
+        keras.Input((8,)),
+        BatchLog(),
+        keras.layers.Dense(hp.Choice("units", [4, 8]), activation="relu"),
+        keras.layers.Dense(2, activation="softmax"),
+    ])
+    model.compile(keras.optimizers.SGD(0.1),
+                  "sparse_categorical_crossentropy")
+    return model
+
+
+rng = np.random.default_rng(0)
+x = rng.random((128, 8)).astype("float32")
+y = rng.integers(0, 2, 128)
+workdir = os.environ["WORKDIR"]
+tuner = keras_batchtune.BatchTuner(
+    build, objective="loss", max_trials=2, seed=7, min_batch_size=8,
+    max_batch_size=32, distribution_strategy=strategy,
+    directory=workdir, project_name="agree")
+tuner.search(x, y, epochs=1, verbose=0)
+trials = [tuner.oracle.trials[i] for i in tuner.oracle.start_order]
+result = {{
+    "multi_worker": isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy),
+    "replicas": strategy.num_replicas_in_sync,
+    "trials": [[t.status, t.hyperparameters.values["batch_size"],
+                t.hyperparameters.values["units"],
+                t.metrics.get_last_value("effective_learning_rate")]
+               for t in trials],
+    "seen_max": max(seen),
+    "seen": sorted(set(seen)),
+}}
+
+# Workers given different batch sizes (the same model) find out before
+# training, all of them: their gradients have the same shapes, so nothing
+# else would tell, and one would wait for the other at the end of an epoch.
+hp = keras_tuner.HyperParameters()
+hp.Fixed("batch_size", 8 if index == 0 else 16)
+other = keras_batchtune.BatchTuner(
+    build, objective="loss", max_trials=1, hyperparameters=hp, seed=7,
+    distribution_strategy=strategy, directory=workdir,
+    project_name="disagree")
+try:
+    other.search(x, y, epochs=1, verbose=0)
+    result["disagreement"] = "not noticed"
+except ValueError as error:
+    result["disagreement"] = str(error)
+result["seconds"] = time.time() - start
+print("RESULT", json.dumps(result), flush=True)
+"""
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_multi_worker_trial_agrees_on_batch_sizes(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(root=str(ROOT)))
+    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    processes = []
+    begin = time.perf_counter()
+    try:
+        for index in range(2):
+            config = {
+                "cluster": {"worker": workers},
+                "task": {"type": "worker", "index": index},
+            }
+            env = {
+                **os.environ,
+                "TF_CONFIG": json.dumps(config),
+                "TF_CPP_MIN_LOG_LEVEL": "3",
+                "WORKDIR": str(tmp_path / f"worker{index}"),
+            }
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, str(script)],
+                    env=env,
+                    text=True,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+            )
+        results = []
+        for process in processes:
+            out, err = process.communicate(timeout=110)
+            assert process.returncode == 0, err[-3000:]
+            assert (
+                "keras_batchtune: using MultiWorkerMirroredStrategy with 2 "
+                "replicas in sync (TF_CONFIG names 2 workers)." in out
+            )
+            line = [x for x in out.splitlines() if x.startswith("RESULT")][0]
+            results.append(json.loads(line.split(" ", 1)[1]))
+    finally:
+        for process in processes:
+            process.kill()
+    assert time.perf_counter() - begin < 120
+    first, second = results
+    assert first["multi_worker"] and second["multi_worker"]
+    assert first["replicas"] == second["replicas"] == 2
+    # Both workers ran the same trials, with the same batch sizes and the
+    # same learning rates, coupled to the global batch (reference 32).
+    assert first["trials"] == second["trials"]
+    assert len(first["trials"]) == 2
+    for status, batch_size, _, learning_rate in first["trials"]:
+        assert status == "COMPLETED"
+        assert learning_rate == pytest.approx(0.1 * batch_size / 32)
+    # Each worker's replica computed on half of each global batch.
+    largest = max(t[1] for t in first["trials"])
+    assert first["seen_max"] == second["seen_max"] == largest // 2
+    for result in results:
+        assert "disagree on the batch size" in result["disagreement"]
+        assert "[8, 16]" in result["disagreement"]
