@@ -12,6 +12,8 @@ accumulated group is completed with the new `k`.
 Written with `keras.ops` only.
 """
 
+import contextlib
+
 import keras
 
 from keras_batchtune import scaling
@@ -20,8 +22,6 @@ from keras_batchtune import scaling
 def _strategy_scope(model):
     strategy = getattr(model, "distribute_strategy", None)
     if strategy is None:
-        import contextlib
-
         return contextlib.nullcontext()
     return strategy.scope()
 
