@@ -25,6 +25,8 @@ MICRO_BATCH_SIZE = "micro_batch_size"
 ACCUMULATION_STEPS = "accumulation_steps"
 GLOBAL_BATCH_SIZE = "global_batch_size"
 NUM_REPLICAS = "num_replicas"
+BATCH_SIZE_LOG = "batch_size"
+LEARNING_RATE_LOG = "learning_rate"
 RECORD_NAMES = (
     EFFECTIVE_LEARNING_RATE,
     EXAMPLES_PER_SECOND,
@@ -40,23 +42,30 @@ class FitRecorder(keras.callbacks.Callback):
     """Times the training part of each epoch and stops on a NaN/inf loss.
 
     Only epoch-level hooks are used, so training steps are not slowed down.
-    The training part of an epoch ends where validation begins.
+    The training part of an epoch ends where validation begins. At the end of
+    each epoch it also puts the trial's `batch_size` and the optimizer's
+    current `learning_rate` into the epoch logs, unless another callback (a
+    dynamic batch size callback) already put them there: callbacks that come
+    after it, such as `keras.callbacks.TensorBoard`, then record them.
 
     Example:
 
     ```python
-    recorder = FitRecorder(examples_per_epoch=len(x))
-    model.fit(x, y, epochs=3, callbacks=[recorder])
+    recorder = FitRecorder(examples_per_epoch=len(x), batch_size=64)
+    model.fit(x, y, batch_size=64, epochs=3, callbacks=[recorder])
     recorder.epoch_train_seconds  # [..., ..., ...]
     ```
 
     Args:
         examples_per_epoch: Training examples in one epoch, for throughput.
+        batch_size: The batch size of the trial (with gradient accumulation,
+            the effective one), or None to log none.
     """
 
-    def __init__(self, examples_per_epoch=0):
+    def __init__(self, examples_per_epoch=0, batch_size=None):
         super().__init__()
         self.examples_per_epoch = examples_per_epoch
+        self.batch_size = batch_size
         self.epoch_train_seconds = []
         self.diverged_at_epoch = None
         self._epoch_start = None
@@ -74,10 +83,40 @@ class FitRecorder(keras.callbacks.Callback):
         end = self._train_end or time.perf_counter()
         self.epoch_train_seconds.append(end - self._epoch_start)
         self._epoch_start = None
+        if logs is not None:
+            # A dynamic batch size callback's values, already there, win.
+            if self.batch_size is not None and BATCH_SIZE_LOG not in logs:
+                logs[BATCH_SIZE_LOG] = self.batch_size
+            if LEARNING_RATE_LOG not in logs:
+                learning_rate = _current_learning_rate(self.model)
+                if learning_rate is not None:
+                    logs[LEARNING_RATE_LOG] = learning_rate
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.diverged_at_epoch = epoch + 1
             self.model.stop_training = True
+
+
+def _current_learning_rate(model):
+    """The optimizer's learning rate at its current step, or None."""
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        return None
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def _with_recorder(callbacks, recorder):
+    """Puts `recorder` and the `TensorBoard` callbacks last, in that order.
+
+    Whatever any other callback puts into the epoch logs (the batch size and
+    learning rate of a dynamic batch size callback, `ReduceLROnPlateau`'s
+    learning rate) then reaches TensorBoard, and so do the recorder's.
+    """
+    callbacks = list(callbacks or [])
+    tensorboards = [c for c in callbacks if type(c).__name__ == "TensorBoard"]
+    others = [c for c in callbacks if type(c).__name__ != "TensorBoard"]
+    return others + [recorder] + tensorboards
 
 
 class TrialFit:
@@ -293,8 +332,10 @@ class TrialFit:
             )
         if kwargs.get("steps_per_epoch") or num_examples is None:
             num_examples = (steps_per_epoch or 0) * self.micro_batch_size
-        recorder = FitRecorder(examples_per_epoch=num_examples)
-        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [recorder]
+        recorder = FitRecorder(
+            examples_per_epoch=num_examples, batch_size=batch_size
+        )
+        kwargs["callbacks"] = _with_recorder(kwargs.get("callbacks"), recorder)
         self._recorders.append(recorder)
         return args, kwargs
 
@@ -304,7 +345,9 @@ class TrialFit:
         y = args[1] if len(args) > 1 else kwargs.pop("y", None)
         kwargs.pop("batch_size", None)
         kwargs.pop("shuffle", None)
-        kwargs["x"] = resizable_data.resizable(x, y, batch_size=batch_size)
+        kwargs["x"] = resizable_data.resizable(
+            x, y, batch_size=batch_size, drop_remainder=self.drop_remainder
+        )
         callback = copy.deepcopy(self.dynamic)
         self.dynamic_callbacks.append(callback)
         kwargs["callbacks"] = [callback] + list(kwargs.get("callbacks") or [])

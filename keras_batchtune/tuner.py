@@ -18,10 +18,11 @@ from keras_batchtune import oracle as oracle_module
 from keras_batchtune import report
 from keras_batchtune import scaling
 from keras_batchtune import space
+from keras_batchtune import tensorboard
 from keras_batchtune import trial_fit
 
 
-class BatchTuner(keras_tuner.Tuner):
+class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
     """Random search that makes batch size a searched hyperparameter.
 
     A drop-in replacement for `keras_tuner.RandomSearch`: same arguments,
@@ -42,6 +43,10 @@ class BatchTuner(keras_tuner.Tuner):
       "out of memory at batch B" and no batch >= `B` is proposed again; a
       NaN/inf loss records "diverged at epoch K". Neither counts toward
       `max_consecutive_failed_trials`.
+    - with a `keras.callbacks.TensorBoard` callback given to `search`, each
+      execution of a trial writes one HParams session with its
+      `batch_size`, `effective_learning_rate` and `lr_scaling` (see
+      `keras_batchtune.tensorboard.HParamsSessions`).
 
     Example:
 
