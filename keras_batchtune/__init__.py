@@ -5,6 +5,8 @@ from keras_batchtune.coupling import ScaledLearningRate
 from keras_batchtune.coupling import couple_learning_rate
 from keras_batchtune.distribute import resolve_strategy
 from keras_batchtune.gradients import gradient_noise_scale
+from keras_batchtune.lr_finder import LearningRateFinderResult
+from keras_batchtune.lr_finder import find_learning_rate
 from keras_batchtune.memory import BatchSizeSearchResult
 from keras_batchtune.memory import Probe
 from keras_batchtune.memory import find_max_batch_size
@@ -18,6 +20,7 @@ from keras_batchtune.policies import PlateauPolicy
 from keras_batchtune.policies import ResizePolicy
 from keras_batchtune.policies import SchedulePolicy
 from keras_batchtune.policies import get_policy
+from keras_batchtune.project_files import ProjectFileError
 from keras_batchtune.report import plot_search
 from keras_batchtune.resizable_data import ResizableData
 from keras_batchtune.resizable_data import resizable
@@ -34,15 +37,18 @@ __all__ = [
     "Decision",
     "DynamicBatchSize",
     "GoodputPolicy",
+    "LearningRateFinderResult",
     "NoiseScale",
     "NoiseScalePolicy",
     "NoiseScaleTracker",
     "PlateauPolicy",
     "Probe",
+    "ProjectFileError",
     "ResizableData",
     "ResizePolicy",
     "SchedulePolicy",
     "estimate_noise_scale",
+    "find_learning_rate",
     "find_max_batch_size",
     "get_policy",
     "gradient_noise_scale",

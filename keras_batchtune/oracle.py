@@ -1,10 +1,12 @@
 """The random-search oracle of `BatchTuner`: an out-of-memory batch ceiling."""
 
+import os
 import random
 
 import keras_tuner
 from keras_tuner.engine import trial as trial_module
 
+from keras_batchtune import project_files
 from keras_batchtune import space
 
 OUT_OF_MEMORY_AT_BATCH_SIZE = "out_of_memory_at_batch_size"
@@ -219,3 +221,71 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
     def set_state(self, state):
         super().set_state(state)
         self.batch_size_ceiling = state.get("batch_size_ceiling")
+
+    # Project files: written whole (a kill mid-write leaves the previous
+    # version), and a damaged or missing one is named on reload.
+
+    def save(self):
+        return project_files.write_json(
+            self._get_oracle_fname(), self.get_state()
+        )
+
+    def _save_trial(self, trial):
+        path = os.path.join(self._get_trial_dir(trial.trial_id), "trial.json")
+        project_files.write_json(path, trial.get_state())
+
+    def reload(self):
+        """Reloads the trials and the oracle state of an existing project.
+
+        As `keras_tuner.Oracle.reload` (the trials that were running are run
+        again), but a damaged file stops the reload with an error naming it,
+        and no trial is left out silently.
+
+        Raises:
+            keras_batchtune.ProjectFileError: naming the file, if a
+                `trial_*/trial.json` or `oracle.json` cannot be read, is not
+                valid JSON or not a trial record, or a trial listed in
+                `oracle.json` has no `trial.json`.
+            RuntimeError: as KerasTuner, naming `oracle.json`, if it holds
+                the state of another kind of oracle.
+        """
+        for path in project_files.trial_files(self._project_dir):
+            self._reload_trial(path)
+        path = self._get_oracle_fname()
+        state = project_files.read_json(path)
+        for trial_id in state.get("start_order", []):
+            if trial_id not in self.trials:
+                raise project_files.ProjectFileError(
+                    os.path.join(self._project_dir, f"trial_{trial_id}"),
+                    f"should hold trial.json: oracle.json lists trial "
+                    f"{trial_id!r}",
+                )
+        try:
+            self.set_state(state)
+        except KeyError as error:
+            raise RuntimeError(
+                "Error reloading `Oracle` from existing project: "
+                f"{path} lacks {error} (is it the project of another kind "
+                "of tuner?). If you did not mean to reload from an existing "
+                "project, change the `project_name` or pass `overwrite=True` "
+                "when creating the `Tuner`."
+            ) from error
+        # The trials that were running when the search stopped run again.
+        for trial in self.ongoing_trials.values():
+            self._retry_queue.append(trial.trial_id)
+        self.ongoing_trials = {}
+
+    def _reload_trial(self, path):
+        state = project_files.read_json(path)
+        try:
+            trial = trial_module.Trial.from_state(state)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise project_files.ProjectFileError(
+                path, f"is damaged: it is not a trial record ({error!r})"
+            ) from error
+        expected = f"trial_{trial.trial_id}"
+        if os.path.basename(os.path.dirname(path)) != expected:
+            raise project_files.ProjectFileError(
+                path, f"is damaged: it holds trial {trial.trial_id!r}"
+            )
+        self.trials[trial.trial_id] = trial

@@ -15,6 +15,7 @@ from keras_batchtune import data
 from keras_batchtune import distribute
 from keras_batchtune import memory
 from keras_batchtune import oracle as oracle_module
+from keras_batchtune import project_files
 from keras_batchtune import report
 from keras_batchtune import scaling
 from keras_batchtune import space
@@ -486,6 +487,26 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
     def set_state(self, state):
         super().set_state(state)
         self._search_batch_size = state.get("search_batch_size")
+
+    def save(self):
+        """Saves the project's JSON files, each written whole."""
+        if not self._is_worker():
+            self.oracle.save()
+        return project_files.write_json(
+            self._get_tuner_fname(), self.get_state()
+        )
+
+    def reload(self):
+        """Reloads the project; a damaged file raises an error naming it.
+
+        Raises:
+            keras_batchtune.ProjectFileError: naming the file, if a trial
+                file, `oracle.json` or the tuner's `<tuner_id>.json` is
+                damaged or missing.
+        """
+        if not self._is_worker():
+            self.oracle.reload()
+        self.set_state(project_files.read_json(self._get_tuner_fname()))
 
 
 def _check_dynamic(dynamic, max_batch_size):
