@@ -41,6 +41,10 @@ def _report(directory, output):
     print(report.trials_table(oracle))
     print()
     print(report.best_line(oracle))
+    print(report.front_line(oracle))
+    preferred = report.preferred_line(oracle)
+    if preferred:
+        print(preferred)
     for notice in report.range_notices(oracle):
         print(notice)
     output = output or os.path.join(directory, "report.png")

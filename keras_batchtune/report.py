@@ -1,4 +1,4 @@
-"""Reports of a search: the table of trials, range notices, and the plot."""
+"""Reports of a search: the table of trials, notices, the Pareto front, plot."""
 
 import json
 import math
@@ -6,10 +6,12 @@ import os
 
 import keras_tuner
 
+from keras_batchtune import ranking
 from keras_batchtune import space
 from keras_batchtune import trial_fit
 from keras_batchtune.oracle import BatchSearchOracle
 from keras_batchtune.oracle import failure_reason
+from keras_batchtune.oracle import fit_seconds
 
 _COLUMNS = (
     ("trial", 5),
@@ -18,8 +20,11 @@ _COLUMNS = (
     ("effective LR", 12),
     ("objective", 10),
     ("examples/s", 10),
+    ("fit s", 7),
+    ("front", 5),
     ("status", 28),
 )
+FRONT_MARK = "*"
 PLOT_HINT = (
     "Install matplotlib (pip install 'keras-batchtune[demo]') to draw the "
     "report plot."
@@ -45,7 +50,8 @@ def trial_row(trial):
         trial: A `keras_tuner.engine.trial.Trial`.
 
     Returns:
-        A tuple of values (None where unknown).
+        A tuple of values (None where unknown); the "front" column is left
+        None (see `trials_table`).
     """
     values = trial.hyperparameters.values
     metrics = trial.metrics
@@ -60,12 +66,17 @@ def trial_row(trial):
         metric(trial_fit.EFFECTIVE_LEARNING_RATE),
         trial.score,
         metric(trial_fit.EXAMPLES_PER_SECOND),
+        fit_seconds(trial),
+        None,
         failure_reason(trial) or trial.status,
     )
 
 
 def trials_table(oracle):
     """Formats every trial of a search as a text table, in trial order.
+
+    The "front" column marks with `*` the trials on the Pareto front of the
+    objective vs `fit_seconds` (see `pareto_front`).
 
     Example:
 
@@ -81,8 +92,10 @@ def trials_table(oracle):
     """
     header = " ".join(name.rjust(width) for name, width in _COLUMNS)
     lines = [header, "-" * len(header)]
+    front = {trial.trial_id for trial in pareto_front(oracle)}
     for trial_id in oracle.start_order:
-        row = trial_row(oracle.trials[trial_id])
+        row = list(trial_row(oracle.trials[trial_id]))
+        row[-2] = FRONT_MARK if trial_id in front else ""
         lines.append(
             " ".join(
                 _format(value).rjust(width)
@@ -92,8 +105,19 @@ def trials_table(oracle):
     return "\n".join(lines)
 
 
+def _by_objective(oracle):
+    """The completed trials, best score first, whatever the tolerance."""
+    return [
+        trial
+        for trial in keras_tuner.Oracle.get_best_trials(
+            oracle, len(oracle.trials)
+        )
+        if trial.status == "COMPLETED" and trial.score is not None
+    ]
+
+
 def best_line(oracle):
-    """Describes the best trial in one line.
+    """Describes the trial with the best objective in one line.
 
     Args:
         oracle: The tuner's oracle.
@@ -101,15 +125,127 @@ def best_line(oracle):
     Returns:
         A string naming the best batch size, learning rates and objective.
     """
-    best = oracle.get_best_trials(1)
-    if not best or best[0].score is None:
+    best = _by_objective(oracle)
+    if not best:
         return "No trial completed."
-    trial_id, batch, base_lr, effective_lr, score, speed, _ = trial_row(best[0])
+    trial_id, batch, base_lr, effective_lr, score, speed, seconds, *_ = (
+        trial_row(best[0])
+    )
     return (
         f"Best: trial {trial_id}, batch_size={_format(batch)}, "
         f"learning_rate={_format(base_lr)} (effective "
         f"{_format(effective_lr)}), {oracle.objective.name}="
-        f"{_format(score)}, {_format(speed)} examples/s"
+        f"{_format(score)}, {_format(speed)} examples/s, "
+        f"{_seconds(seconds)}"
+    )
+
+
+def _seconds(seconds):
+    return "fit time unknown" if seconds is None else f"fit {seconds:.3g} s"
+
+
+def pareto_front(oracle):
+    """The completed trials on the Pareto front of objective vs fit seconds.
+
+    A trial is on the front when no other trial has a score at least as
+    good in no more `fit_seconds`, and is strictly better on one of the two.
+    Trials without `fit_seconds` are left out.
+
+    Example:
+
+    ```python
+    for trial in pareto_front(tuner.oracle):
+        print(trial.trial_id, trial.score)
+    ```
+
+    Args:
+        oracle: The tuner's oracle.
+
+    Returns:
+        A list of `Trial`s, fastest (lowest score) first.
+    """
+    trials = _by_objective(oracle)
+    entries = [(trial.score, fit_seconds(trial)) for trial in trials]
+    front = ranking.pareto_front(entries, oracle.objective.direction)
+    return [trials[index] for index in front]
+
+
+def front_line(oracle):
+    """Lists the Pareto front of objective vs fit seconds in one line.
+
+    Args:
+        oracle: The tuner's oracle.
+
+    Returns:
+        A string, e.g. `"Pareto front (val_accuracy vs fit seconds): trial 3
+        (batch 256, 0.978, 1.3 s), trial 1 (batch 16, 0.981, 4.7 s)"`.
+    """
+    front = pareto_front(oracle)
+    if not front:
+        return "Pareto front: no trial recorded fit_seconds."
+    members = ", ".join(
+        f"trial {trial.trial_id} (batch "
+        f"{_format(trial.hyperparameters.values.get(space.BATCH_SIZE))}, "
+        f"{_format(trial.score)}, {fit_seconds(trial):.3g} s)"
+        for trial in front
+    )
+    return f"Pareto front ({oracle.objective.name} vs fit seconds): {members}"
+
+
+def preferred_line(oracle):
+    """Says which trial a `tolerance` prefers, and why, in one line.
+
+    Example:
+
+    ```python
+    preferred_line(tuner.oracle)
+    # "Preferred (tolerance 0.005): trial 3, batch_size=256,
+    #  val_accuracy=0.978 in 1.3 s, the fastest of 4 trials within 0.005
+    #  of the best (trial 1, 0.981 in 4.7 s, 3.6x slower)."
+    ```
+
+    Args:
+        oracle: The tuner's oracle.
+
+    Returns:
+        The line, or None when the search has no tolerance or no completed
+        trial.
+    """
+    tolerance = getattr(oracle, "tolerance", None)
+    by_objective = _by_objective(oracle)
+    if tolerance is None or not by_objective:
+        return None
+    best = by_objective[0]
+    preferred = oracle.get_best_trials(1)[0]
+    within = [
+        trial
+        for trial in by_objective
+        if ranking.within_tolerance(
+            trial.score, best.score, tolerance, oracle.objective.direction
+        )
+    ]
+    name = oracle.objective.name
+    head = f"Preferred (tolerance {tolerance:g}): trial {preferred.trial_id}"
+    if any(fit_seconds(trial) is None for trial in within):
+        return (
+            f"{head}, the best {name} ({_format(best.score)}); a trial within "
+            "the tolerance has no fit_seconds, so costs were not compared."
+        )
+    count = f"{len(within)} trial{'s' if len(within) > 1 else ''}"
+    if preferred.trial_id == best.trial_id:
+        return (
+            f"{head}, the best {name} ({_format(best.score)}), is also the "
+            f"fastest of the {count} within {tolerance:g} of it "
+            f"({fit_seconds(best):.3g} s)."
+        )
+    batch = preferred.hyperparameters.values.get(space.BATCH_SIZE)
+    speedup = fit_seconds(best) / max(fit_seconds(preferred), 1e-12)
+    return (
+        f"{head}, batch_size={_format(batch)}, {name}="
+        f"{_format(preferred.score)} in {fit_seconds(preferred):.3g} s, the "
+        f"fastest of the {count} within {tolerance:g} of the best (trial "
+        f"{best.trial_id}, {_format(best.score)} in "
+        f"{fit_seconds(best):.3g} s, {speedup:.2g}x slower)."
     )
 
 
@@ -190,6 +326,16 @@ def _saved_objective(project_dir):
     return None
 
 
+def _saved_tolerance(project_dir):
+    path = os.path.join(project_dir, "oracle.json")
+    with open(path) as file:
+        tolerance = json.load(file).get("tolerance")
+    try:
+        return ranking.check_tolerance(tolerance)
+    except ValueError as error:
+        raise ProjectError(f"{path}: {error}") from None
+
+
 def _inferred_objective(oracle):
     """For other tuners' projects: the metric whose best value is the score."""
     for trial in oracle.trials.values():
@@ -229,7 +375,9 @@ def load_project(project_dir):
             "oracle.json); pass the tuner's directory/project_name."
         )
     objective = _saved_objective(project_dir)
-    oracle = BatchSearchOracle(objective=objective)
+    oracle = BatchSearchOracle(
+        objective=objective, tolerance=_saved_tolerance(project_dir)
+    )
     oracle._set_project_dir(*os.path.split(project_dir))
     oracle.reload()
     if objective is None:
@@ -240,11 +388,13 @@ def load_project(project_dir):
 
 
 def plot_search(tuner_or_dir, path):
-    """Draws the search as one PNG: objective and throughput vs batch size.
+    """Draws the search as one PNG: objective, throughput and cost.
 
     Left: the objective of each completed trial against its batch size (log
     scale), coloured by effective learning rate, the best trial ringed.
-    Right: training examples per second against batch size.
+    Middle: training examples per second against batch size. Right: the
+    objective against `fit_seconds`, the Pareto front drawn as a line and,
+    with a `tolerance`, its band and the preferred trial ringed.
 
     Example:
 
@@ -298,8 +448,8 @@ def plot_oracle(oracle, path):
     scores = [row[4] for row in rows]
     rates = [row[3] or math.nan for row in rows]
     speeds = [row[5] or math.nan for row in rows]
-    best = oracle.get_best_trials(1)[0]
-    figure, (left, right) = pyplot.subplots(1, 2, figsize=(11, 4.2))
+    best = _by_objective(oracle)[0]
+    figure, (left, right, cost) = pyplot.subplots(1, 3, figsize=(16, 4.2))
     finite_rates = [r for r in rates if r == r and r > 0] or [1.0]
     norm = colors.LogNorm(min(finite_rates), max(finite_rates) * 1.0001)
     points = left.scatter(
@@ -335,9 +485,62 @@ def plot_oracle(oracle, path):
     right.set_xlabel("batch size")
     right.set_ylabel("training examples / second")
     right.set_title("throughput vs batch size")
-    for axis in (left, right):
+    _plot_cost(cost, oracle, rows, rates, norm)
+    for axis in (left, right, cost):
         axis.grid(True, alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
     return path
+
+
+def _plot_cost(axis, oracle, rows, rates, norm):
+    """Objective vs fit seconds, the Pareto front and the tolerance band."""
+    seconds = [math.nan if row[6] is None else row[6] for row in rows]
+    axis.scatter(
+        seconds,
+        [row[4] for row in rows],
+        c=rates,
+        cmap="viridis",
+        norm=norm,
+        s=50,
+        edgecolors="black",
+        linewidths=0.4,
+    )
+    front = pareto_front(oracle)
+    if front:
+        axis.plot(
+            [fit_seconds(trial) for trial in front],
+            [trial.score for trial in front],
+            color="black",
+            drawstyle="steps-post",
+            linewidth=1.2,
+            label="Pareto front",
+        )
+    tolerance = getattr(oracle, "tolerance", None)
+    if tolerance is not None:
+        best_score = _by_objective(oracle)[0].score
+        worse = -1 if oracle.objective.direction == "max" else 1
+        axis.axhspan(
+            best_score,
+            best_score + worse * tolerance,
+            color="tab:orange",
+            alpha=0.15,
+            label=f"within tolerance {tolerance:g}",
+        )
+        preferred = oracle.get_best_trials(1)[0]
+        if fit_seconds(preferred) is not None:
+            axis.scatter(
+                [fit_seconds(preferred)],
+                [preferred.score],
+                s=260,
+                facecolors="none",
+                edgecolors="tab:orange",
+                linewidths=2,
+                label="preferred trial",
+            )
+    axis.set_xlabel("fit seconds")
+    axis.set_ylabel(oracle.objective.name)
+    axis.set_title("objective vs training time")
+    if front or tolerance is not None:
+        axis.legend(loc="lower right")

@@ -1,3 +1,6 @@
+import json
+import os
+
 import keras_tuner
 
 from keras_batchtune import oracle as oracle_module
@@ -150,3 +153,106 @@ def test_no_notice_for_ranges_that_are_not_numbers(tmp_path):
     trial.status = "COMPLETED"
     oracle.end_trial(trial)
     assert report.range_notices(oracle) == []
+
+
+def cost_oracle(tmp_path, tolerance):
+    """Five trials: val_accuracy and fit_seconds as a search would record."""
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("batch_size", [16, 32, 64, 128, 256])
+    oracle = oracle_module.BatchSearchOracle(
+        objective="val_accuracy",
+        max_trials=6,
+        hyperparameters=hp,
+        seed=3,
+        tolerance=tolerance,
+    )
+    oracle._set_project_dir(str(tmp_path), "cost")
+    records = [
+        (0.981, 4.7),  # best, slowest
+        (0.978, 1.3),  # within 0.005, fast: preferred
+        (0.950, 2.0),  # dominated by the one before
+        (0.900, 0.8),  # fastest, poor
+        (0.979, 2.2),  # within 0.005, slower than 1.3 s but more accurate
+    ]
+    for score, seconds in records:
+        trial = oracle.create_trial("tuner0")
+        oracle.update_trial(
+            trial.trial_id, {"val_accuracy": score, "fit_seconds": seconds}
+        )
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+    oracle.save()
+    return oracle
+
+
+def test_pareto_front_in_the_table_and_its_line(tmp_path):
+    oracle = cost_oracle(tmp_path, tolerance=None)
+    ids = oracle.start_order
+    front = report.pareto_front(oracle)
+    assert [t.trial_id for t in front] == [ids[3], ids[1], ids[4], ids[0]]
+    table = report.trials_table(oracle).splitlines()
+    assert "fit s" in table[0] and "front" in table[0]
+    marked = [
+        line.split()[0]
+        for line in table[2:]
+        if f" {report.FRONT_MARK} " in line
+    ]
+    assert marked == [ids[0], ids[1], ids[3], ids[4]]
+    line = report.front_line(oracle)
+    assert line.startswith("Pareto front (val_accuracy vs fit seconds): ")
+    assert f"trial {ids[1]} (batch " in line and "0.978, 1.3 s)" in line
+    assert line.index(f"trial {ids[3]} ") < line.index(f"trial {ids[0]} ")
+    assert report.preferred_line(oracle) is None  # no tolerance
+
+
+def test_tolerance_in_the_report(tmp_path, capsys):
+    oracle = cost_oracle(tmp_path, tolerance=0.005)
+    ids = oracle.start_order
+    line = report.preferred_line(oracle)
+    assert line.startswith(f"Preferred (tolerance 0.005): trial {ids[1]}, ")
+    assert "the fastest of the 3 trials within 0.005 of the best" in line
+    assert f"(trial {ids[0]}, 0.981 in 4.7 s, 3.6x slower)" in line
+    # "Best" stays the best objective.
+    assert report.best_line(oracle).startswith(f"Best: trial {ids[0]}, ")
+    assert "fit 4.7 s" in report.best_line(oracle)
+    # The command reads the tolerance back from oracle.json.
+    output = tmp_path / "cost.png"
+    project = os.path.join(str(tmp_path), "cost")
+    assert cli.main(["report", project, "--output", str(output)]) == 0
+    out = capsys.readouterr().out
+    assert line in out and report.front_line(oracle) in out
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # When the best is also the fastest within the tolerance, it says so.
+    oracle.tolerance = 0.001
+    assert report.preferred_line(oracle) == (
+        f"Preferred (tolerance 0.001): trial {ids[0]}, the best val_accuracy "
+        "(0.981), is also the fastest of the 1 trial within 0.001 of it "
+        "(4.7 s)."
+    )
+
+
+def test_report_of_a_real_search_with_a_tolerance(searched, tmp_path):
+    oracle = report.load_project(searched.project_dir)
+    assert oracle.tolerance is None
+    oracle.tolerance = 1.0  # every trial is within: the fastest is preferred
+    completed = [t for t in oracle.trials.values() if t.score is not None]
+    fastest = min(
+        completed, key=lambda t: t.metrics.get_last_value("fit_seconds")
+    )
+    assert oracle.get_best_trials(1)[0].trial_id == fastest.trial_id
+    assert f"trial {fastest.trial_id}" in report.preferred_line(oracle)
+    assert fastest in report.pareto_front(oracle)
+    path = report.plot_oracle(oracle, tmp_path / "tolerance.png")
+    assert path.stat().st_size > 10_000
+
+
+def test_bad_saved_tolerance_names_the_file(tmp_path):
+    oracle = cost_oracle(tmp_path, tolerance=0.01)
+    path = os.path.join(oracle._project_dir, "oracle.json")
+    with open(path) as file:
+        state = json.load(file)
+    state["tolerance"] = -1
+    with open(path, "w") as file:
+        json.dump(state, file)
+    with pytest.raises(report.ProjectError, match="oracle.json: `tolerance`"):
+        report.load_project(oracle._project_dir)
