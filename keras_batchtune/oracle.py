@@ -1,13 +1,15 @@
 """The random-search oracle of `BatchTuner`: an out-of-memory batch ceiling."""
 
+import math
 import os
 import random
 
 import keras_tuner
+from keras_tuner.engine import hyperparameters as hp_module
 from keras_tuner.engine import trial as trial_module
 
+from keras_batchtune import band as band_module
 from keras_batchtune import project_files
-from keras_batchtune import ranking
 from keras_batchtune import space
 
 OUT_OF_MEMORY_AT_BATCH_SIZE = "out_of_memory_at_batch_size"
@@ -17,9 +19,10 @@ DIVERGED_AT_EPOCH = "diverged_at_epoch"
 OUT_OF_MEMORY_AT_MICRO_BATCH_SIZE = "out_of_memory_at_micro_batch_size"
 DYNAMIC_BATCH_SIZE = "dynamic_batch_size"
 """Trial metric: the batch size of each epoch (step) with `dynamic=`."""
-FIT_SECONDS = "fit_seconds"
-"""Trial metric: the wall time of `model.fit` (`trial_fit.FIT_SECONDS`; the
-oracle does not import TensorFlow)."""
+LEARNING_RATE_NAMES = ("learning_rate", "lr")
+"""Names of a `Float` hyperparameter taken as the base learning rate."""
+EXPLORE_FRACTION = 0.25
+"""Share of the trials whose learning rate ignores a learnt band."""
 REASON_MESSAGES = {
     OUT_OF_MEMORY_AT_BATCH_SIZE: "out of memory at batch {}",
     DIVERGED_AT_EPOCH: "diverged at epoch {}",
@@ -47,36 +50,6 @@ def failure_reason(trial):
     return None
 
 
-def fit_seconds(trial):
-    """Returns a trial's recorded `fit_seconds`, or None if it has none.
-
-    Args:
-        trial: A `keras_tuner.engine.trial.Trial`.
-
-    Returns:
-        The wall time of its `model.fit` in seconds (averaged over its
-        executions), or None.
-    """
-    if not trial.metrics.exists(FIT_SECONDS):
-        return None
-    return trial.metrics.get_last_value(FIT_SECONDS)
-
-
-class _ScoreOrder:
-    """An oracle seen with KerasTuner's ranking: by score alone."""
-
-    def __init__(self, oracle):
-        self._oracle = oracle
-
-    def __getattr__(self, name):
-        if name == "_oracle":  # not set yet, e.g. while unpickling
-            raise AttributeError(name)
-        return getattr(self._oracle, name)
-
-    def get_best_trials(self, num_trials=1):
-        return keras_tuner.Oracle.get_best_trials(self._oracle, num_trials)
-
-
 class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
     """Random search that learns which batch sizes run out of memory.
 
@@ -101,10 +74,6 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
     instead: every batch size stays proposable, and batches at or above the
     ceiling run with gradient accumulation.
 
-    With a `tolerance`, `get_best_trials` puts first the fastest trial
-    (lowest `fit_seconds`) among those whose score is within `tolerance` of
-    the best (see `keras_batchtune.ranking.preferred_order`).
-
     Example:
 
     ```python
@@ -115,18 +84,31 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
         *args: The arguments of `keras_tuner.oracles.RandomSearchOracle`.
         accumulate: Boolean, whether the tuner accumulates gradients above the
             ceiling rather than avoiding it. Defaults to False.
-        tolerance: None (default: trials ranked by score, as KerasTuner
-            does), or a number >= 0 in the objective's units.
+        lr_band: None or `"off"` (default), `"trials"`, `"range_test"` or
+            `"both"`: where the learning rate is sampled (see
+            `learning_rate_interval`).
+        lr_hyperparameter: Optional name of the hyperparameter that is the
+            base learning rate; by default the `Float` named
+            `"learning_rate"` or `"lr"`.
         **kwargs: The arguments of `keras_tuner.oracles.RandomSearchOracle`.
     """
 
-    def __init__(self, *args, accumulate=False, tolerance=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        accumulate=False,
+        lr_band=None,
+        lr_hyperparameter=None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
+        self.lr_band = band_module.check_lr_band(lr_band)
+        self.lr_hyperparameter = lr_hyperparameter
+        # Set by the tuner: batch size -> LR multiplier of the coupling.
+        self.learning_rate_multiplier = None
+        # The base LR a range test suggested (saved in the oracle state).
+        self.range_test_learning_rate = None
         self.accumulate = accumulate
-        self.tolerance = ranking.check_tolerance(tolerance)
-        # KerasTuner's progress lines ("Best val_loss So Far") stay the best
-        # score; the tolerance only reorders what the tuner returns.
-        self._display.oracle = _ScoreOrder(self)
         self.batch_size_ceiling = None
 
     def lower_ceiling(self, batch_size):
@@ -166,6 +148,12 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
             self.save()
 
     def populate_space(self, trial_id):
+        response = self._populate_below_ceiling(trial_id)
+        if response.get("values") is not None and self.lr_band != "off":
+            self._sample_learning_rate_in_band(response["values"])
+        return response
+
+    def _populate_below_ceiling(self, trial_id):
         batch_hp = self._batch_size_hyperparameter()
         if (
             batch_hp is None
@@ -203,6 +191,123 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
             if hp.name == space.BATCH_SIZE:
                 return hp
         return None
+
+    # Learning the LR band (`lr_band=`): derived from the finished trials
+    # and the saved range-test result, so resume and distributed search see
+    # the same band.
+
+    def learning_rate_hyperparameter(self):
+        """The hyperparameter taken as the base learning rate, or None.
+
+        `lr_hyperparameter` if given, else the first `Float` named
+        `"learning_rate"` or `"lr"`; its range must be positive.
+
+        Returns:
+            A `keras_tuner` hyperparameter, or None.
+        """
+        names = (self.lr_hyperparameter,) if self.lr_hyperparameter else ()
+        for hp in self.hyperparameters.space:
+            named = hp.name in (names or LEARNING_RATE_NAMES)
+            if named and isinstance(hp, hp_module.Float) and hp.min_value > 0:
+                return hp
+        return None
+
+    def _multiplier(self, batch_size):
+        if batch_size is None or self.learning_rate_multiplier is None:
+            return 1.0
+        return float(self.learning_rate_multiplier(batch_size))
+
+    def fitted_band(self):
+        """The band fitted on the finished trials, in effective LRs.
+
+        Returns:
+            A `band.LearningRateBand` (`log10` of the effective learning rate
+            against `log10` of the batch size), or None before enough trials
+            have finished.
+        """
+        lr_hp = self.learning_rate_hyperparameter()
+        if lr_hp is None:
+            return None
+        rows = []
+        for trial in self.trials.values():
+            values = trial.hyperparameters.values
+            if (
+                trial.status != trial_module.TrialStatus.COMPLETED
+                or trial.score is None
+                or values.get(lr_hp.name) is None
+            ):
+                continue
+            batch_size = values.get(space.BATCH_SIZE)
+            effective = values[lr_hp.name] * self._multiplier(batch_size)
+            rows.append((batch_size or 1, effective, trial.score))
+        if not rows:
+            return None
+        batch_hp = self._batch_size_hyperparameter()
+        default_slope = 0.0
+        if batch_hp is not None and self.learning_rate_multiplier is not None:
+            default_slope = band_module.power_law_slope(
+                self._multiplier, batch_hp.min_value, batch_hp.max_value
+            )
+        batch_sizes, rates, scores = zip(*rows)
+        return band_module.fit_band(
+            batch_sizes,
+            rates,
+            scores,
+            self.objective.direction,
+            default_slope=default_slope,
+        )
+
+    def learning_rate_interval(self, batch_size=None):
+        """The base-LR interval sampled at `batch_size`, or None.
+
+        With `lr_band="trials"`, the line fitted on the best finished trials
+        (`fitted_band`) at `batch_size`, divided by the coupling's multiplier;
+        with `"range_test"`, half a decade around the range test's
+        suggestion (coupling carries it to every batch); with `"both"`, the
+        fitted band once there is one, else the range test's. Always inside
+        the hyperparameter's range.
+
+        Args:
+            batch_size: The trial's batch size, or None.
+
+        Returns:
+            A tuple `(low, high)` of base learning rates, or None.
+        """
+        lr_hp = self.learning_rate_hyperparameter()
+        if lr_hp is None or self.lr_band == "off":
+            return None
+        limits = (lr_hp.min_value, lr_hp.max_value)
+        if self.lr_band in ("trials", "both"):
+            fitted = self.fitted_band()
+            if fitted is not None:
+                centre = fitted.centre(batch_size or 1)
+                return band_module.interval_around(
+                    centre / self._multiplier(batch_size),
+                    fitted.half_width,
+                    *limits,
+                )
+        if self.lr_band in ("range_test", "both"):
+            if self.range_test_learning_rate is not None:
+                return band_module.interval_around(
+                    self.range_test_learning_rate,
+                    band_module.HALF_WIDTH_DECADES,
+                    *limits,
+                )
+        return None
+
+    def _sample_learning_rate_in_band(self, values):
+        lr_hp = self.learning_rate_hyperparameter()
+        if lr_hp is None or lr_hp.name not in values:
+            return
+        interval = self.learning_rate_interval(values.get(space.BATCH_SIZE))
+        if interval is None:
+            return
+        rng = random.Random(self._seed_state)
+        self._seed_state += 1
+        if rng.random() < EXPLORE_FRACTION:
+            return
+        low, high = (math.log10(bound) for bound in interval)
+        values[lr_hp.name] = 10.0 ** rng.uniform(low, high)
 
     @keras_tuner.synchronized
     def update_trial(self, trial_id, metrics, step=0):
@@ -252,41 +357,10 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
                     + (trial.message or "")
                 )
 
-    def get_best_trials(self, num_trials=1):
-        """Returns the best trials; with a tolerance, the fastest first.
-
-        Without `tolerance`, as `keras_tuner.Oracle.get_best_trials`. With
-        it, the completed trials within `tolerance` of the best score come
-        first, fastest `fit_seconds` first, then the other completed trials
-        by score, then the trials that did not complete.
-
-        Args:
-            num_trials: Optional number of trials to return. Defaults to 1.
-
-        Returns:
-            A list of at most `num_trials` `Trial`s, the preferred first.
-        """
-        if self.tolerance is None:
-            return super().get_best_trials(num_trials)
-        ordered = super().get_best_trials(len(self.trials))
-        completed = [
-            trial
-            for trial in ordered
-            if trial.status == trial_module.TrialStatus.COMPLETED
-        ]
-        order = ranking.preferred_order(
-            [(trial.score, fit_seconds(trial)) for trial in completed],
-            self.tolerance,
-            self.objective.direction,
-        )
-        ranked = [completed[index] for index in order]
-        return (ranked + ordered[len(completed) :])[:num_trials]
-
     def get_state(self):
         state = super().get_state()
         state["batch_size_ceiling"] = self.batch_size_ceiling
-        # Read by reports; a tuner's own `tolerance` argument wins on reload.
-        state["tolerance"] = self.tolerance
+        state["range_test_learning_rate"] = self.range_test_learning_rate
         # Lets a report read the project without the tuner's arguments.
         state["objective"] = {
             "name": self.objective.name,
@@ -297,6 +371,7 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
     def set_state(self, state):
         super().set_state(state)
         self.batch_size_ceiling = state.get("batch_size_ceiling")
+        self.range_test_learning_rate = state.get("range_test_learning_rate")
 
     # Project files: written whole (a kill mid-write leaves the previous
     # version), and a damaged or missing one is named on reload.

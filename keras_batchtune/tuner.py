@@ -8,11 +8,13 @@ import keras
 import keras_tuner
 from keras_tuner import errors
 
+from keras_batchtune import band
 from keras_batchtune import callbacks as callbacks_module
 from keras_batchtune import checkpoint
 from keras_batchtune import coupling
 from keras_batchtune import data
 from keras_batchtune import distribute
+from keras_batchtune import lr_finder
 from keras_batchtune import memory
 from keras_batchtune import oracle as oracle_module
 from keras_batchtune import project_files
@@ -48,9 +50,6 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
       execution of a trial writes one HParams session with its
       `batch_size`, `effective_learning_rate` and `lr_scaling` (see
       `keras_batchtune.tensorboard.HParamsSessions`).
-    - with `tolerance=t`, `get_best_hyperparameters()`, `get_best_models()`
-      and `results_summary()` put first the fastest trial (lowest
-      `fit_seconds`) among those within `t` of the best score.
 
     Example:
 
@@ -123,14 +122,24 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             bounds are rounded, with a warning) and the learning rate is
             coupled to the global batch. Without a strategy there is one
             replica and both meanings agree.
-        tolerance: None (default: trials are ranked by their score, as in
-            KerasTuner), or a number >= 0 in the objective's units (0.005 is
-            half a point of accuracy): among the completed trials whose score
-            is within `tolerance` of the best, the one with the lowest
-            `fit_seconds` is returned first by `get_best_hyperparameters()`,
-            `get_best_models()` and `oracle.get_best_trials()`, the others
-            within it next, fastest first, then the rest by score. If a trial
-            within it has no `fit_seconds`, the order is the score's.
+        lr_band: Where the base learning rate is sampled. None or `"off"`
+            (default): over its whole range, as RandomSearch does.
+            `"trials"`: once 4 trials have finished, a line
+            `log(lr) = a + alpha log(B)` is fitted on the best third of them
+            (effective learning rates), and 3 trials in 4 sample the
+            learning rate within half a decade of that line at their batch
+            size (1 in 4 still explores the whole range). `"range_test"`:
+            before the first trial, `keras_batchtune.find_learning_rate` runs
+            at the reference batch on the search data (a model built with
+            the default hyperparameters), and 3 trials in 4 sample within
+            half a decade of its suggestion (coupling carries it to every
+            batch). `"both"`: the range test until the fitted line exists.
+            The band is derived from the finished trials and the saved
+            range-test result, so a resumed or distributed search keeps it.
+        lr_hyperparameter: Optional name of the hyperparameter that is the
+            base learning rate (the one the model is compiled with). By
+            default the `hp.Float` named `"learning_rate"` or `"lr"`; with
+            neither, `lr_band` has no effect (a notice says so).
         **kwargs: The arguments of `keras_tuner.Tuner`: `directory`,
             `project_name`, `overwrite`, `executions_per_trial`,
             `distribution_strategy` (a `tf.distribute.Strategy`, see
@@ -140,8 +149,9 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
     Raises:
         ValueError: for a batch size that is not a positive integer,
             `min_batch_size > max_batch_size`, an unknown `lr_scaling`, a rule
-            returning a value <= 0, a negative `warmup_epochs`, a
-            `tolerance` that is not a number >= 0, or a global
+            returning a value <= 0, a negative `warmup_epochs`, an `lr_band`
+            that is not one of None, "off", "trials", "range_test", "both",
+            or a global
             `min_batch_size` smaller than the replica count; raised before
             anything is written to `directory`. A batch size that does not
             split evenly across the replicas (one registered by the
@@ -170,9 +180,19 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
         probe_memory=False,
         dynamic=None,
         per_replica=False,
-        tolerance=None,
+        lr_band=None,
+        lr_hyperparameter=None,
         **kwargs,
     ):
+        lr_band = band.check_lr_band(lr_band)
+        if lr_hyperparameter is not None and not (
+            isinstance(lr_hyperparameter, str) and lr_hyperparameter
+        ):
+            raise ValueError(
+                "`lr_hyperparameter` must be None or the name (a non-empty "
+                "string) of the learning-rate hyperparameter. "
+                f"Received: lr_hyperparameter={lr_hyperparameter!r}"
+            )
         strategy = kwargs.get("distribution_strategy")
         min_batch_size, max_batch_size = distribute.aligned_batch_range(
             min_batch_size, max_batch_size, strategy, per_replica
@@ -219,7 +239,8 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             max_retries_per_trial=max_retries_per_trial,
             max_consecutive_failed_trials=max_consecutive_failed_trials,
             accumulate=self.accumulate,
-            tolerance=tolerance,
+            lr_band=lr_band,
+            lr_hyperparameter=lr_hyperparameter,
         )
         super().__init__(oracle, hypermodel, **kwargs)
 
@@ -291,6 +312,7 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             data.check_batchable(x)
         if self.probe_memory:
             self._probe_memory(fit_args, fit_kwargs)
+        self._prepare_lr_band(fit_args, fit_kwargs)
         # KerasTuner runs two full garbage collections before each trial's
         # build; with TensorFlow loaded they scan some 400k long-lived objects
         # (~0.2 s each on 2 cores). Freezing the objects that exist before the
@@ -317,6 +339,57 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
         if not ceilings:
             return sys.maxsize  # no limit known yet: no split
         return max(1, min(ceilings) - 1)
+
+    def _learning_rate_multiplier(self, batch_size):
+        """The coupling's LR multiplier at a searched batch size."""
+        strategy = getattr(self, "distribution_strategy", None)
+        scale = distribute.num_replicas(strategy) if self.per_replica else 1
+        reference = (
+            self.reference_batch_size or trial_fit.KERAS_DEFAULT_BATCH_SIZE
+        )
+        return scaling.learning_rate_multiplier(
+            batch_size * scale, reference, self.lr_scaling
+        )
+
+    def _prepare_lr_band(self, fit_args, fit_kwargs):
+        """Gives the oracle the coupling; runs the range test if asked."""
+        oracle = self.oracle
+        if not isinstance(oracle, oracle_module.BatchSearchOracle):
+            return  # a worker of a distributed search: the chief samples
+        if oracle.lr_band == "off":
+            return
+        oracle.learning_rate_multiplier = self._learning_rate_multiplier
+        verbose = fit_kwargs.get("verbose", 1)
+        lr_hp = oracle.learning_rate_hyperparameter()
+        if lr_hp is None:
+            if verbose:
+                print(
+                    f"BatchTuner: lr_band={oracle.lr_band!r} has no effect: "
+                    "no learning-rate hyperparameter (a positive `hp.Float` "
+                    "named 'learning_rate' or 'lr', or pass "
+                    "`lr_hyperparameter=`) in the search space."
+                )
+            return
+        wants_test = oracle.lr_band in ("range_test", "both")
+        if not wants_test or oracle.range_test_learning_rate is not None:
+            return
+        x = fit_args[0] if fit_args else fit_kwargs.get("x")
+        y = fit_args[1] if len(fit_args) > 1 else fit_kwargs.get("y")
+        model = self._try_build(oracle.get_space())
+        reference = (
+            self.reference_batch_size or trial_fit.KERAS_DEFAULT_BATCH_SIZE
+        )
+        result = lr_finder.find_learning_rate(model, x, y, batch_size=reference)
+        oracle.range_test_learning_rate = result.suggestion
+        oracle.save()
+        if verbose:
+            low, high = oracle.learning_rate_interval(reference)
+            print(
+                f"BatchTuner: range test at batch {reference} suggests "
+                f"{lr_hp.name}={result.suggestion:.3g}; 3 trials in 4 sample "
+                f"it in [{low:.3g}, {high:.3g}] (times the coupling's "
+                "multiplier relative to the reference batch)."
+            )
 
     def _probe_memory(self, fit_args, fit_kwargs):
         """Finds the largest batch that fits and caps the physical batch."""
@@ -471,9 +544,7 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
         `effective_learning_rate`, `examples_per_second` and `fit_seconds`
         it recorded, or why it has no score. When the best batch size or
         learning rate sits at an edge of the searched range, a last line
-        says so and suggests the wider range. With a `tolerance`, the trials
-        come in its order (the preferred first) and a line says which trial
-        is preferred and why.
+        says so and suggests the wider range.
 
         Args:
             num_trials: Optional number of trials to display. Defaults to 10.
@@ -490,9 +561,6 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
                     value = trial.metrics.get_last_value(name)
                     print(f"{name}: {value:.6g}")
         notices = report.range_notices(self.oracle)
-        preferred = report.preferred_line(self.oracle)
-        if preferred:
-            notices.insert(0, preferred)
         if notices:
             print()
         for notice in notices:

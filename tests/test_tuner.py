@@ -790,67 +790,95 @@ def test_dynamic_must_be_a_callback_covering_the_range(tmp_path):
         )
 
 
-def test_tolerance_prefers_the_fastest_configuration(tmp_path, digits, capsys):
-    hp = keras_tuner.HyperParameters()
-    # 600 updates of batch 1 (slow, accurate) vs 2 of batch 512 (fast,
-    # poor); seed 1 runs batch 1 first, so it also bears the first fit's
-    # one-time costs.
-    hp.Choice("batch_size", [1, 512])
-    hp.Fixed("learning_rate", 0.01)
+def build_wide_lr_mlp(hp):
+    return make_mlp(hp.Float("learning_rate", 1e-4, 1.0, sampling="log"))
 
-    def make_tuner(**kwargs):
-        return BatchTuner(
-            lambda hp: make_mlp(hp["learning_rate"]),
-            objective="val_accuracy",
-            max_trials=2,
-            seed=1,
-            hyperparameters=hp,
-            lr_scaling="none",
-            directory=tmp_path,
-            project_name="cost",
-            **kwargs,
-        )
 
-    def seconds(trial):
-        return trial.metrics.get_last_value("fit_seconds")
-
-    tuner = make_tuner(tolerance=1.0)  # every accuracy is within 1.0
-    search(tuner, digits)
-    done = trials(tuner)
-    fastest = min(done, key=seconds)
-    most_accurate = max(done, key=lambda t: t.score)
-    assert fastest is not most_accurate, [
-        (t.hyperparameters["batch_size"], t.score, seconds(t)) for t in done
-    ]
-    preferred = tuner.get_best_hyperparameters(2)
-    assert preferred[0].values == fastest.hyperparameters.values
-    assert preferred[1].values == most_accurate.hyperparameters.values
-    x, y, x_val, y_val = digits
-    model = tuner.get_best_models()[0]
-    score = model.evaluate(x_val, y_val, verbose=0)[1]
-    assert score == pytest.approx(fastest.score)
-    capsys.readouterr()
-    tuner.results_summary()
-    out = capsys.readouterr().out
-    assert f"Preferred (tolerance 1): trial {fastest.trial_id}" in out
-    assert out.index(f"Trial {fastest.trial_id} summary") < out.index(
-        f"Trial {most_accurate.trial_id} summary"
+def test_lr_band_both_runs_a_range_test_then_fits_the_trials(
+    tmp_path, digits, capsys, lr_log
+):
+    tuner = BatchTuner(
+        build_wide_lr_mlp,
+        objective="val_accuracy",
+        max_trials=7,
+        seed=5,
+        min_batch_size=16,
+        max_batch_size=128,
+        lr_band="both",
+        directory=tmp_path,
     )
-    # Reloaded without a tolerance: KerasTuner's ranking, by score alone.
-    for tolerance in (None, 0.0):
-        again = make_tuner(tolerance=tolerance, overwrite=False)
-        best = again.get_best_hyperparameters()[0]
-        assert best.values == most_accurate.hyperparameters.values
+    search(tuner, digits, verbose=1, callbacks=[lr_log])
+    out = capsys.readouterr().out
+    assert "BatchTuner: range test at batch 32 suggests learning_rate=" in out
+    oracle = tuner.oracle
+    suggestion = oracle.range_test_learning_rate
+    assert 0.01 < suggestion < 1.0  # the good band of this MLP on digits
+    done = trials(tuner)
+    assert len(done) == 7 and all(t.status == "COMPLETED" for t in done)
+    fitted = oracle.fitted_band()
+    assert fitted is not None and 0.0 <= fitted.slope <= 1.2
+    # Coupling still applies to the sampled (base) learning rate.
+    for trial, logged in zip(done, LearningRateLog.log):
+        values = trial.hyperparameters.values
+        expected = values["learning_rate"] * values["batch_size"] / 32
+        assert logged["begin"] == pytest.approx(expected, rel=1e-6)
+    # The range-test result is saved: a resumed search does not rerun it.
+    again = BatchTuner(
+        build_wide_lr_mlp,
+        objective="val_accuracy",
+        max_trials=7,
+        seed=5,
+        min_batch_size=16,
+        max_batch_size=128,
+        lr_band="both",
+        directory=tmp_path,
+        overwrite=False,
+    )
+    assert again.oracle.range_test_learning_rate == suggestion
+    search(again, digits, verbose=1)
+    assert "range test" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("tolerance", [-0.01, "0.005", True, float("inf")])
-def test_bad_tolerance_is_refused_before_writing(tmp_path, tolerance):
+def test_lr_band_without_a_learning_rate_hyperparameter_says_so(
+    tmp_path, digits, capsys
+):
+    def build(hp):
+        return make_mlp(hp.Float("step", 0.01, 0.1, sampling="log"))
+
+    tuner = BatchTuner(
+        build,
+        objective="val_accuracy",
+        max_trials=1,
+        lr_band="trials",
+        directory=tmp_path,
+    )
+    search(tuner, digits, verbose=1)
+    assert "lr_band='trials' has no effect" in capsys.readouterr().out
+    named = BatchTuner(
+        build,
+        objective="val_accuracy",
+        max_trials=1,
+        lr_band="trials",
+        lr_hyperparameter="step",
+        directory=tmp_path,
+        project_name="named",
+    )
+    assert named.oracle.learning_rate_hyperparameter().name == "step"
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"lr_band": "auto"}, "lr_band"),
+        ({"lr_band": True}, "lr_band"),
+        ({"lr_hyperparameter": ""}, "lr_hyperparameter"),
+        ({"lr_hyperparameter": 3}, "lr_hyperparameter"),
+    ],
+)
+def test_bad_lr_band_is_refused_before_writing(tmp_path, kwargs, name):
     directory = tmp_path / "never"
-    with pytest.raises(ValueError, match="`tolerance` must be None"):
+    with pytest.raises(ValueError, match=f"`{name}` must be None"):
         BatchTuner(
-            build_mlp,
-            objective="val_accuracy",
-            directory=directory,
-            tolerance=tolerance,
+            build_mlp, objective="val_accuracy", directory=directory, **kwargs
         )
     assert not directory.exists()
