@@ -10,6 +10,7 @@ from keras_tuner.engine import trial as trial_module
 
 from keras_batchtune import band as band_module
 from keras_batchtune import project_files
+from keras_batchtune import ranking
 from keras_batchtune import space
 
 OUT_OF_MEMORY_AT_BATCH_SIZE = "out_of_memory_at_batch_size"
@@ -19,6 +20,9 @@ DIVERGED_AT_EPOCH = "diverged_at_epoch"
 OUT_OF_MEMORY_AT_MICRO_BATCH_SIZE = "out_of_memory_at_micro_batch_size"
 DYNAMIC_BATCH_SIZE = "dynamic_batch_size"
 """Trial metric: the batch size of each epoch (step) with `dynamic=`."""
+FIT_SECONDS = "fit_seconds"
+"""Trial metric: the wall time of `model.fit` (`trial_fit.FIT_SECONDS`; the
+oracle does not import TensorFlow)."""
 LEARNING_RATE_NAMES = ("learning_rate", "lr")
 """Names of a `Float` hyperparameter taken as the base learning rate."""
 EXPLORE_FRACTION = 0.25
@@ -50,6 +54,36 @@ def failure_reason(trial):
     return None
 
 
+def fit_seconds(trial):
+    """Returns a trial's recorded `fit_seconds`, or None if it has none.
+
+    Args:
+        trial: A `keras_tuner.engine.trial.Trial`.
+
+    Returns:
+        The wall time of its `model.fit` in seconds (averaged over its
+        executions), or None.
+    """
+    if not trial.metrics.exists(FIT_SECONDS):
+        return None
+    return trial.metrics.get_last_value(FIT_SECONDS)
+
+
+class _ScoreOrder:
+    """An oracle seen with KerasTuner's ranking: by score alone."""
+
+    def __init__(self, oracle):
+        self._oracle = oracle
+
+    def __getattr__(self, name):
+        if name == "_oracle":  # not set yet, e.g. while unpickling
+            raise AttributeError(name)
+        return getattr(self._oracle, name)
+
+    def get_best_trials(self, num_trials=1):
+        return keras_tuner.Oracle.get_best_trials(self._oracle, num_trials)
+
+
 class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
     """Random search that learns which batch sizes run out of memory.
 
@@ -74,6 +108,10 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
     instead: every batch size stays proposable, and batches at or above the
     ceiling run with gradient accumulation.
 
+    With a `tolerance`, `get_best_trials` puts first the fastest trial
+    (lowest `fit_seconds`) among those whose score is within `tolerance` of
+    the best (see `keras_batchtune.ranking.preferred_order`).
+
     Example:
 
     ```python
@@ -84,6 +122,8 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
         *args: The arguments of `keras_tuner.oracles.RandomSearchOracle`.
         accumulate: Boolean, whether the tuner accumulates gradients above the
             ceiling rather than avoiding it. Defaults to False.
+        tolerance: None (default: trials ranked by score, as KerasTuner
+            does), or a number >= 0 in the objective's units.
         lr_band: None or `"off"` (default), `"trials"`, `"range_test"` or
             `"both"`: where the learning rate is sampled (see
             `learning_rate_interval`).
@@ -97,6 +137,7 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
         self,
         *args,
         accumulate=False,
+        tolerance=None,
         lr_band=None,
         lr_hyperparameter=None,
         **kwargs,
@@ -109,6 +150,10 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
         # The base LR a range test suggested (saved in the oracle state).
         self.range_test_learning_rate = None
         self.accumulate = accumulate
+        self.tolerance = ranking.check_tolerance(tolerance)
+        # KerasTuner's progress lines ("Best val_loss So Far") stay the best
+        # score; the tolerance only reorders what the tuner returns.
+        self._display.oracle = _ScoreOrder(self)
         self.batch_size_ceiling = None
 
     def lower_ceiling(self, batch_size):
@@ -357,9 +402,41 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
                     + (trial.message or "")
                 )
 
+    def get_best_trials(self, num_trials=1):
+        """Returns the best trials; with a tolerance, the fastest first.
+
+        Without `tolerance`, as `keras_tuner.Oracle.get_best_trials`. With
+        it, the completed trials within `tolerance` of the best score come
+        first, fastest `fit_seconds` first, then the other completed trials
+        by score, then the trials that did not complete.
+
+        Args:
+            num_trials: Optional number of trials to return. Defaults to 1.
+
+        Returns:
+            A list of at most `num_trials` `Trial`s, the preferred first.
+        """
+        if self.tolerance is None:
+            return super().get_best_trials(num_trials)
+        ordered = super().get_best_trials(len(self.trials))
+        completed = [
+            trial
+            for trial in ordered
+            if trial.status == trial_module.TrialStatus.COMPLETED
+        ]
+        order = ranking.preferred_order(
+            [(trial.score, fit_seconds(trial)) for trial in completed],
+            self.tolerance,
+            self.objective.direction,
+        )
+        ranked = [completed[index] for index in order]
+        return (ranked + ordered[len(completed) :])[:num_trials]
+
     def get_state(self):
         state = super().get_state()
         state["batch_size_ceiling"] = self.batch_size_ceiling
+        # Read by reports; a tuner's own `tolerance` argument wins on reload.
+        state["tolerance"] = self.tolerance
         state["range_test_learning_rate"] = self.range_test_learning_rate
         # Lets a report read the project without the tuner's arguments.
         state["objective"] = {

@@ -50,6 +50,9 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
       execution of a trial writes one HParams session with its
       `batch_size`, `effective_learning_rate` and `lr_scaling` (see
       `keras_batchtune.tensorboard.HParamsSessions`).
+    - with `tolerance=t`, `get_best_hyperparameters()`, `get_best_models()`
+      and `results_summary()` put first the fastest trial (lowest
+      `fit_seconds`) among those within `t` of the best score.
 
     Example:
 
@@ -122,6 +125,14 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             bounds are rounded, with a warning) and the learning rate is
             coupled to the global batch. Without a strategy there is one
             replica and both meanings agree.
+        tolerance: None (default: trials are ranked by their score, as in
+            KerasTuner), or a number >= 0 in the objective's units (0.005 is
+            half a point of accuracy): among the completed trials whose score
+            is within `tolerance` of the best, the one with the lowest
+            `fit_seconds` is returned first by `get_best_hyperparameters()`,
+            `get_best_models()` and `oracle.get_best_trials()`, the others
+            within it next, fastest first, then the rest by score. If a trial
+            within it has no `fit_seconds`, the order is the score's.
         lr_band: Where the base learning rate is sampled. None or `"off"`
             (default): over its whole range, as RandomSearch does.
             `"trials"`: once 4 trials have finished, a line
@@ -149,9 +160,9 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
     Raises:
         ValueError: for a batch size that is not a positive integer,
             `min_batch_size > max_batch_size`, an unknown `lr_scaling`, a rule
-            returning a value <= 0, a negative `warmup_epochs`, an `lr_band`
-            that is not one of None, "off", "trials", "range_test", "both",
-            or a global
+            returning a value <= 0, a negative `warmup_epochs`, a
+            `tolerance` that is not a number >= 0, an `lr_band` that is not
+            one of None, "off", "trials", "range_test", "both", or a global
             `min_batch_size` smaller than the replica count; raised before
             anything is written to `directory`. A batch size that does not
             split evenly across the replicas (one registered by the
@@ -180,6 +191,7 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
         probe_memory=False,
         dynamic=None,
         per_replica=False,
+        tolerance=None,
         lr_band=None,
         lr_hyperparameter=None,
         **kwargs,
@@ -239,6 +251,7 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             max_retries_per_trial=max_retries_per_trial,
             max_consecutive_failed_trials=max_consecutive_failed_trials,
             accumulate=self.accumulate,
+            tolerance=tolerance,
             lr_band=lr_band,
             lr_hyperparameter=lr_hyperparameter,
         )
@@ -544,7 +557,9 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
         `effective_learning_rate`, `examples_per_second` and `fit_seconds`
         it recorded, or why it has no score. When the best batch size or
         learning rate sits at an edge of the searched range, a last line
-        says so and suggests the wider range.
+        says so and suggests the wider range. With a `tolerance`, the trials
+        come in its order (the preferred first) and a line says which trial
+        is preferred and why.
 
         Args:
             num_trials: Optional number of trials to display. Defaults to 10.
@@ -561,6 +576,9 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
                     value = trial.metrics.get_last_value(name)
                     print(f"{name}: {value:.6g}")
         notices = report.range_notices(self.oracle)
+        preferred = report.preferred_line(self.oracle)
+        if preferred:
+            notices.insert(0, preferred)
         if notices:
             print()
         for notice in notices:

@@ -123,6 +123,63 @@ def test_retry_at_or_above_a_later_ceiling_is_not_run(tmp_path):
     assert crashed.trial_id not in oracle._retry_queue
 
 
+def finish(oracle, score, seconds=None, objective="val_loss"):
+    """Completes one trial with its score and, if given, its fit_seconds."""
+    trial = oracle.create_trial("tuner0")
+    metrics = {objective: score}
+    if seconds is not None:
+        metrics[oracle_module.FIT_SECONDS] = seconds
+    oracle.update_trial(trial.trial_id, metrics)
+    trial.status = "COMPLETED"
+    oracle.end_trial(trial)
+    return trial.trial_id
+
+
+def test_tolerance_prefers_the_fastest_trial_within_it(tmp_path, capsys):
+    oracle = make_oracle(tmp_path, tolerance=0.01)
+    slow_best = finish(oracle, 0.200, seconds=4.7)
+    fast_close = finish(oracle, 0.205, seconds=1.3)
+    faster_worse = finish(oracle, 0.300, seconds=0.5)
+    failed = run_trial(oracle, {oracle_module.DIVERGED_AT_EPOCH: 1}).trial_id
+    middle = finish(oracle, 0.209, seconds=2.0)
+    ranked = [t.trial_id for t in oracle.get_best_trials(5)]
+    assert ranked == [fast_close, middle, slow_best, faster_worse, failed]
+    assert oracle.get_best_trials()[0].trial_id == fast_close
+    # KerasTuner's progress lines still show the best score.
+    progress = capsys.readouterr().out.splitlines()
+    assert [line for line in progress if "So Far" in line][-1] == (
+        "Best val_loss So Far: 0.2"
+    )
+    # The default is KerasTuner's order: by score alone.
+    plain = make_oracle(tmp_path, name="plain")
+    plain.trials = oracle.trials
+    ranked = [t.trial_id for t in plain.get_best_trials(4)]
+    assert ranked == [slow_best, fast_close, middle, faster_worse]
+
+
+def test_tolerance_without_fit_seconds_keeps_the_score_order(tmp_path):
+    oracle = make_oracle(tmp_path, tolerance=0.5)
+    best = finish(oracle, 0.20)  # e.g. a trial of an older project
+    other = finish(oracle, 0.25, seconds=0.1)
+    assert [t.trial_id for t in oracle.get_best_trials(2)] == [best, other]
+
+
+def test_tolerance_is_saved_but_the_argument_wins_on_reload(tmp_path):
+    oracle = make_oracle(tmp_path, tolerance=0.01)
+    oracle.save()
+    again = make_oracle(tmp_path)
+    again.reload()
+    assert again.tolerance is None
+    assert again.get_state()["tolerance"] is None
+    assert oracle.get_state()["tolerance"] == 0.01
+
+
+@pytest.mark.parametrize("tolerance", [-0.1, "0.01", float("nan")])
+def test_bad_tolerance(tmp_path, tolerance):
+    with pytest.raises(ValueError, match="`tolerance`"):
+        make_oracle(tmp_path, tolerance=tolerance)
+
+
 def make_band_oracle(tmp_path, lr_band, name="band", lr_name="learning_rate"):
     """A wide search: batch 16-1024, learning rate over four decades."""
     hp = keras_tuner.HyperParameters()

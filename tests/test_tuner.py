@@ -790,6 +790,72 @@ def test_dynamic_must_be_a_callback_covering_the_range(tmp_path):
         )
 
 
+def test_tolerance_prefers_the_fastest_configuration(tmp_path, digits, capsys):
+    hp = keras_tuner.HyperParameters()
+    # 600 updates of batch 1 (slow, accurate) vs 2 of batch 512 (fast,
+    # poor); seed 1 runs batch 1 first, so it also bears the first fit's
+    # one-time costs.
+    hp.Choice("batch_size", [1, 512])
+    hp.Fixed("learning_rate", 0.01)
+
+    def make_tuner(**kwargs):
+        return BatchTuner(
+            lambda hp: make_mlp(hp["learning_rate"]),
+            objective="val_accuracy",
+            max_trials=2,
+            seed=1,
+            hyperparameters=hp,
+            lr_scaling="none",
+            directory=tmp_path,
+            project_name="cost",
+            **kwargs,
+        )
+
+    def seconds(trial):
+        return trial.metrics.get_last_value("fit_seconds")
+
+    tuner = make_tuner(tolerance=1.0)  # every accuracy is within 1.0
+    search(tuner, digits)
+    done = trials(tuner)
+    fastest = min(done, key=seconds)
+    most_accurate = max(done, key=lambda t: t.score)
+    assert fastest is not most_accurate, [
+        (t.hyperparameters["batch_size"], t.score, seconds(t)) for t in done
+    ]
+    preferred = tuner.get_best_hyperparameters(2)
+    assert preferred[0].values == fastest.hyperparameters.values
+    assert preferred[1].values == most_accurate.hyperparameters.values
+    x, y, x_val, y_val = digits
+    model = tuner.get_best_models()[0]
+    score = model.evaluate(x_val, y_val, verbose=0)[1]
+    assert score == pytest.approx(fastest.score)
+    capsys.readouterr()
+    tuner.results_summary()
+    out = capsys.readouterr().out
+    assert f"Preferred (tolerance 1): trial {fastest.trial_id}" in out
+    assert out.index(f"Trial {fastest.trial_id} summary") < out.index(
+        f"Trial {most_accurate.trial_id} summary"
+    )
+    # Reloaded without a tolerance: KerasTuner's ranking, by score alone.
+    for tolerance in (None, 0.0):
+        again = make_tuner(tolerance=tolerance, overwrite=False)
+        best = again.get_best_hyperparameters()[0]
+        assert best.values == most_accurate.hyperparameters.values
+
+
+@pytest.mark.parametrize("tolerance", [-0.01, "0.005", True, float("inf")])
+def test_bad_tolerance_is_refused_before_writing(tmp_path, tolerance):
+    directory = tmp_path / "never"
+    with pytest.raises(ValueError, match="`tolerance` must be None"):
+        BatchTuner(
+            build_mlp,
+            objective="val_accuracy",
+            directory=directory,
+            tolerance=tolerance,
+        )
+    assert not directory.exists()
+
+
 def build_wide_lr_mlp(hp):
     return make_mlp(hp.Float("learning_rate", 1e-4, 1.0, sampling="log"))
 
