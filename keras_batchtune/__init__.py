@@ -3,6 +3,7 @@
 from keras_batchtune.callbacks import DynamicBatchSize
 from keras_batchtune.coupling import ScaledLearningRate
 from keras_batchtune.coupling import couple_learning_rate
+from keras_batchtune.distribute import patch_for_multi_worker
 from keras_batchtune.distribute import resolve_strategy
 from keras_batchtune.gradients import gradient_noise_scale
 from keras_batchtune.lr_finder import LearningRateFinderResult
@@ -52,6 +53,7 @@ __all__ = [
     "find_max_batch_size",
     "get_policy",
     "gradient_noise_scale",
+    "patch_for_multi_worker",
     "plot_search",
     "resolve_strategy",
     "resizable",

@@ -51,7 +51,8 @@ def prepare(model):
     Keras creates gradient accumulators only when the optimizer is built with
     `gradient_accumulation_steps` set; for a model compiled without it, they
     are added here (one zero variable per trainable weight, as Keras makes
-    them). Idempotent.
+    them). Under a strategy with several replicas the optimizer also gets a
+    step that accumulates across them (`make_replica_safe`). Idempotent.
 
     Example:
 
@@ -75,14 +76,42 @@ def prepare(model):
     with _strategy_scope(model):
         if not optimizer.built:
             optimizer.build(model.trainable_variables)
-        if getattr(optimizer, "_accumulated_gradients", None):
-            return
-        optimizer._accumulated_gradients = [
-            optimizer.add_variable_from_reference(
-                variable, name="gradient_accumulator"
-            )
-            for variable in optimizer._trainable_variables
-        ]
+        if not getattr(optimizer, "_accumulated_gradients", None):
+            optimizer._accumulated_gradients = [
+                optimizer.add_variable_from_reference(
+                    variable, name="gradient_accumulator"
+                )
+                for variable in optimizer._trainable_variables
+            ]
+    make_replica_safe(model)
+
+
+def make_replica_safe(model):
+    """Lets a model's optimizer accumulate gradients across replicas.
+
+    Under a `tf.distribute` strategy with several replicas, Keras 3's own
+    accumulation step cannot be traced; the optimizer gets the step of
+    `keras_batchtune.replica_accumulation` instead (same arithmetic). A no-op
+    with one replica and on other backends. Idempotent.
+
+    Example:
+
+    ```python
+    with strategy.scope():
+        model.compile(keras.optimizers.SGD(gradient_accumulation_steps=4))
+    make_replica_safe(model)
+    ```
+
+    Args:
+        model: A compiled Keras model.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return
+    from keras_batchtune import replica_accumulation
+
+    strategy = getattr(model, "distribute_strategy", None)
+    if replica_accumulation.needs_install(model.optimizer, strategy):
+        replica_accumulation.install(model.optimizer)
 
 
 def set_accumulation_steps(optimizer, steps):

@@ -8,6 +8,7 @@ import numpy as np
 
 from keras_batchtune import accumulation
 from keras_batchtune import coupling
+from keras_batchtune import distribute
 from keras_batchtune import noise
 from keras_batchtune import policies
 from keras_batchtune import resizable_data
@@ -175,18 +176,6 @@ class DynamicBatchSize(keras.callbacks.Callback):
                 "to `resizable`) is larger than `max_batch_size`="
                 f"{self.max_batch_size}."
             )
-        replicas = self.model.distribute_strategy.num_replicas_in_sync
-        if replicas > 1:
-            # Keras 3 accumulates gradients inside a `cond` whose update
-            # branch all-reduces them; tf.distribute refuses that
-            # ("`merge_call` called while defining a new graph").
-            raise ValueError(
-                "DynamicBatchSize changes the batch per update through "
-                "Keras's gradient accumulation, which Keras 3 cannot run "
-                f"under a tf.distribute strategy with {replicas} replicas. "
-                "Train with one replica, or search fixed batch sizes with "
-                "`BatchTuner(distribution_strategy=...)`."
-            )
         self._prepare(self.model)
         self.policy.set_bounds(
             max(self.min_batch_size, micro), self.max_batch_size
@@ -244,7 +233,7 @@ class DynamicBatchSize(keras.callbacks.Callback):
         decision = self.policy.next_batch_size(
             epoch, self.batch_size, logs, measurements
         )
-        self._resize(decision, epoch + 1)
+        self._resize(self._agreed(decision), epoch + 1)
         self._save_state()
 
     # The work.
@@ -283,7 +272,19 @@ class DynamicBatchSize(keras.callbacks.Callback):
             self.batch_size = micro
             start = micro
         decision = self.policy.begin(epoch, self._nearest(start))
-        self._resize(decision, epoch, force=True)
+        self._resize(self._agreed(decision), epoch, force=True)
+
+    def _agreed(self, decision):
+        """Worker 0's decision, on every worker of a multi-worker strategy."""
+        strategy = self.model.distribute_strategy
+        if not distribute.is_multi_worker(strategy):
+            return decision
+        batch_size, lr_factor = distribute.first_worker_values(
+            strategy, (decision.batch_size, decision.lr_factor)
+        )
+        return decision._replace(
+            batch_size=int(batch_size), lr_factor=lr_factor
+        )
 
     def _nearest(self, batch_size):
         """The multiple of the micro-batch nearest `batch_size`, in range."""

@@ -336,6 +336,40 @@ def check_workers_agree(strategy, batch_size):
         )
 
 
+def first_worker_values(strategy, values):
+    """Returns the first worker's `values` on every worker of a strategy.
+
+    Decisions taken from local measurements (a worker's timings, its own
+    gradient samples) can differ between workers; every worker must apply
+    the same batch size, or their all-reduces would not match. One
+    all-gather hands every worker the decision of worker 0. With a single
+    worker, `values` is returned as is.
+
+    Example:
+
+    ```python
+    batch_size, lr_factor = first_worker_values(strategy, (64, 1.0))
+    ```
+
+    Args:
+        strategy: A `tf.distribute.Strategy`, or None.
+        values: A sequence of numbers.
+
+    Returns:
+        A tuple of floats: worker 0's `values`.
+    """
+    values = tuple(float(value) for value in values)
+    if strategy is None or not is_multi_worker(strategy):
+        return values
+
+    def gather():
+        context = tf.distribute.get_replica_context()
+        return context.all_gather(tf.constant([values], tf.float64), axis=0)
+
+    gathered = strategy.experimental_local_results(strategy.run(gather))
+    return tuple(float(value) for value in gathered[0].numpy()[0])
+
+
 _FIT_SIGNATURE = inspect.signature(keras.Model.fit)
 
 

@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 from keras_tuner import errors
 
+from keras_batchtune import accumulation
 from keras_batchtune import coupling
 from keras_batchtune import data
 from keras_batchtune import distribute
@@ -372,6 +373,7 @@ class TrialFit:
                     "builds the optimizer); do not build it in `build`."
                 )
             optimizer.gradient_accumulation_steps = steps
+            accumulation.make_replica_safe(model)
         self.micro_batch_size, self.accumulation_steps = micro_batch_size, steps
         return micro_batch_size
 

@@ -11,9 +11,13 @@ import keras_batchtune
 from tests.conftest import make_mlp
 
 
-def _fit(model, digits, callback, epochs=4, batch_size=16, **fit_kwargs):
+def _fit(
+    model, digits, callback, epochs=4, batch_size=16, shuffle=True, **fit_kwargs
+):
     x, y, x_val, y_val = digits
-    data = keras_batchtune.resizable(x, y, batch_size=batch_size, seed=0)
+    data = keras_batchtune.resizable(
+        x, y, batch_size=batch_size, shuffle=shuffle, seed=0
+    )
     callbacks = [callback] + fit_kwargs.pop("callbacks", [])
     return model.fit(
         data,
@@ -157,13 +161,48 @@ def test_backup_and_restore_resumes_batch_and_lr(digits, tmp_path):
     np.testing.assert_allclose(logs["learning_rate"], [0.04, 0.08], rtol=1e-6)
 
 
-def test_strategy_with_replicas_is_refused(digits, mirrored_strategy):
-    # Keras 3's gradient accumulation (how the batch per update changes)
-    # fails under tf.distribute: a clear error instead, before training.
+@pytest.mark.parametrize("policy", ["schedule", "noise_scale"])
+def test_resizes_under_mirrored_strategy_as_on_one_replica(
+    digits, mirrored_strategy, policy
+):
+    # A real MirroredStrategy over two logical CPUs: the accumulation that
+    # changes the batch per update runs across the replicas (Keras 3's own
+    # cannot be traced there) and trains as one replica does.
+    def callback():
+        if policy == "schedule":
+            return _schedule()
+        return keras_batchtune.DynamicBatchSize(
+            "noise_scale", min_batch_size=16, max_batch_size=256, seed=0
+        )
+
+    keras.utils.set_random_seed(0)
+    single = make_mlp(learning_rate=0.02)
+    initial_weights = single.get_weights()
     with mirrored_strategy.scope():
-        model = make_mlp(learning_rate=0.02)
-    with pytest.raises(ValueError, match="2 replicas"):
-        _fit(model, digits, _schedule(), epochs=1, batch_size=32)
+        mirrored = make_mlp(learning_rate=0.02)
+    mirrored.set_weights(initial_weights)
+    # Unshuffled: tf.distribute's copy of a shuffled dataset draws another
+    # order, and the test compares the arithmetic.
+    single_history = _fit(single, digits, callback(), epochs=3, shuffle=False)
+    mirrored_history = _fit(
+        mirrored, digits, callback(), epochs=3, shuffle=False
+    )
+    batch_sizes = mirrored_history.history["batch_size"]
+    if policy == "schedule":
+        assert batch_sizes == single_history.history["batch_size"]
+        assert batch_sizes == [16, 32, 128]
+        assert keras.ops.convert_to_numpy(
+            mirrored.optimizer.iterations
+        ) == keras.ops.convert_to_numpy(single.optimizer.iterations)
+        for got, expected in zip(mirrored.get_weights(), single.get_weights()):
+            np.testing.assert_allclose(got, expected, atol=2e-4)
+    else:
+        # Measured from each replica's half of the micro-batch: its own
+        # estimate, so its own decisions.
+        assert all(16 <= size <= 256 for size in batch_sizes)
+        noise_scale = mirrored_history.history["gradient_noise_scale"][-1]
+        assert np.isfinite(noise_scale) and noise_scale > 0
+    assert mirrored_history.history["val_accuracy"][-1] > 0.8
 
 
 def test_plain_input_is_refused(digits):

@@ -174,6 +174,63 @@ def test_per_replica_batch_and_out_of_memory_ceiling(
         )
 
 
+def test_accumulation_and_dynamic_trials_across_replicas(
+    digits, mirrored_strategy, tmp_path
+):
+    # Keras 3's own gradient accumulation cannot be traced under a strategy
+    # with several replicas; BatchTuner's accumulating retries and a dynamic
+    # batch size both run across the two replicas of a real MirroredStrategy.
+    x, y, x_val, y_val = digits
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("batch_size", [64])
+    BatchLog.runs = []
+    tuner = keras_batchtune.BatchTuner(
+        lambda hp: build_model(hp, max_batch_size=16),  # per replica
+        objective="val_accuracy",
+        max_trials=1,
+        hyperparameters=hp,
+        accumulate=True,
+        distribution_strategy=mirrored_strategy,
+        directory=str(tmp_path),
+        project_name="accumulate",
+    )
+    tuner.search(
+        x[:256], y[:256], epochs=1, validation_data=(x_val, y_val), verbose=0
+    )
+    (trial,) = trials_in_order(tuner)
+    assert trial.status == "COMPLETED"
+    # 64 global = 32 per replica ran out of memory; 2 micro-batches of 32
+    # global (16 per replica) make each update.
+    assert metric(trial, "micro_batch_size") == 32
+    assert metric(trial, "accumulation_steps") == 2
+    assert max(seen_per_trial()[-1]) == 16
+    assert metric(trial, "effective_learning_rate") == pytest.approx(
+        LEARNING_RATE * 64 / 32
+    )
+
+    dynamic = keras_batchtune.DynamicBatchSize(
+        "schedule", schedule={1: 64}, min_batch_size=16, max_batch_size=64
+    )
+    tuner = keras_batchtune.BatchTuner(
+        build_model,
+        objective="val_accuracy",
+        max_trials=1,
+        min_batch_size=16,
+        max_batch_size=16,
+        dynamic=dynamic,
+        distribution_strategy=mirrored_strategy,
+        directory=str(tmp_path),
+        project_name="dynamic",
+    )
+    tuner.search(
+        x[:256], y[:256], epochs=2, validation_data=(x_val, y_val), verbose=0
+    )
+    (trial,) = trials_in_order(tuner)
+    assert trial.status == "COMPLETED"
+    sizes = trial.metrics.get_history("dynamic_batch_size")
+    assert [entry.value[0] for entry in sizes] == [16, 64]
+
+
 def test_grid_holds_multiples_of_the_replica_count(mirrored_strategy, tmp_path):
     with pytest.warns(UserWarning, match=r"multiples of 2 \(2 replicas"):
         tuner = keras_batchtune.BatchTuner(
@@ -352,6 +409,24 @@ result = {{
     "seen": sorted(set(seen)),
 }}
 
+# A plain fit that resizes its batch across both workers: each worker's
+# schedule asks for another batch (as timings or local measurements could);
+# both apply worker 0's choice, by accumulation across the replicas.
+with strategy.scope():
+    model = build(keras_tuner.HyperParameters())
+keras_batchtune.patch_for_multi_worker(model)
+dynamic = keras_batchtune.DynamicBatchSize(
+    "schedule", schedule=lambda epoch: 16 if epoch == 0 else 32 * (index + 1),
+    min_batch_size=16, max_batch_size=128)
+history = model.fit(keras_batchtune.resizable(x, y, batch_size=16,
+                                              shuffle=False),
+                    epochs=3, callbacks=[dynamic], verbose=0)
+result["dynamic_batch_sizes"] = history.history["batch_size"]
+result["dynamic_updates"] = int(
+    keras.ops.convert_to_numpy(model.optimizer.iterations))
+result["dynamic_weights"] = float(
+    sum(float(np.abs(w).sum()) for w in model.get_weights()))
+
 # Workers given different batch sizes (the same model) find out before
 # training, all of them: their gradients have the same shapes, so nothing
 # else would tell, and one would wait for the other at the end of an epoch.
@@ -431,6 +506,15 @@ def test_multi_worker_trial_agrees_on_batch_sizes(tmp_path):
     # Each worker's replica computed on half of each global batch.
     largest = max(t[1] for t in first["trials"])
     assert first["seen_max"] == second["seen_max"] == largest // 2
+    # The resize: worker 1's schedule said 64, both trained at worker 0's
+    # 32, so with the same updates and the same weights.
+    assert first["dynamic_batch_sizes"] == [16, 32, 32]
+    assert second["dynamic_batch_sizes"] == first["dynamic_batch_sizes"]
+    # 128 examples: 8 updates of 16, then 4 of 32 twice.
+    assert first["dynamic_updates"] == second["dynamic_updates"] == 16
+    assert first["dynamic_weights"] == pytest.approx(
+        second["dynamic_weights"], rel=1e-6
+    )
     for result in results:
         assert "disagree on the batch size" in result["disagreement"]
         assert "[8, 16]" in result["disagreement"]
