@@ -10,7 +10,10 @@ import pytest
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.mark.parametrize("script", ["overhead.py", "memory.py", "dynamic.py"])
+@pytest.mark.parametrize(
+    "script",
+    ["overhead.py", "memory.py", "dynamic.py", "search_efficiency.py"],
+)
 def test_quick_mode_runs(tmp_path, script):
     result = subprocess.run(
         [
