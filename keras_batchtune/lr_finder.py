@@ -84,7 +84,8 @@ class LearningRateFinderResult:
         axes.set_ylabel("training loss")
         finite = [v for v in self.smoothed_losses if math.isfinite(v)]
         if finite:
-            axes.set_ylim(top=max(finite[0], min(finite) * 4) * 1.1)
+            top = max(finite[0], min(finite) * 4) * 1.1
+            axes.set_ylim(bottom=min(0.0, min(finite)), top=top)
         axes.set_title(f"suggested learning rate {self.suggestion:.3g}")
         axes.legend()
         figure.tight_layout()
