@@ -197,8 +197,8 @@ def find_learning_rate(
     fit_args, fit_kwargs = memory._probe_data(
         x if y is None else (x, y), batch_size, num_steps
     )
-    if "batch_size" in fit_kwargs:
-        fit_kwargs["shuffle"] = True  # arrays: tiled in order, so shuffle
+    # Arrays are tiled in order, so shuffle them; a dataset is used as is.
+    fit_kwargs["shuffle"] = "batch_size" in fit_kwargs
     rates = np.geomspace(min_learning_rate, max_learning_rate, num_steps)
     schedule_given = not isinstance(optimizer._learning_rate, keras.Variable)
     if schedule_given:
