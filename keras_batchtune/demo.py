@@ -108,6 +108,7 @@ def run_demo(max_trials=10, epochs=10, logdir="batchtune_runs", seed=0):
     print(report.trials_table(tuner.oracle))
     print()
     print(report.best_line(tuner.oracle))
+    print(report.front_line(tuner.oracle))
     for notice in report.range_notices(tuner.oracle):
         print(notice)
     print()

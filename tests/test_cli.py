@@ -41,6 +41,7 @@ def test_demo_runs_on_bundled_digits(tmp_path):
     ):
         assert column in out
     assert "Best: trial" in out
+    assert "Pareto front (val_accuracy vs fit seconds): trial" in out
     assert f"tensorboard --logdir {logdir / 'tensorboard'}" in out
     assert f"keras-batchtune report {logdir / 'digits'}" in out
     assert (logdir / "digits" / "oracle.json").exists()
