@@ -9,6 +9,7 @@ from keras_tuner.engine import hyperparameters as hp_module
 from keras_tuner.engine import trial as trial_module
 
 from keras_batchtune import band as band_module
+from keras_batchtune import cluster
 from keras_batchtune import project_files
 from keras_batchtune import ranking
 from keras_batchtune import space
@@ -84,7 +85,9 @@ class _ScoreOrder:
         return keras_tuner.Oracle.get_best_trials(self._oracle, num_trials)
 
 
-class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
+class BatchSearchOracle(
+    cluster.WorkerLeases, keras_tuner.oracles.RandomSearchOracle
+):
     """Random search that learns which batch sizes run out of memory.
 
     Behaves as `keras_tuner.oracles.RandomSearchOracle`, and:
@@ -102,7 +105,10 @@ class BatchSearchOracle(keras_tuner.oracles.RandomSearchOracle):
     In a distributed search (`KERASTUNER_ORACLE_IP`, ...) this oracle runs on
     the chief; workers report an out-of-memory trial through
     `update_trial`, so a ceiling learnt by one worker holds for every trial
-    the chief creates afterwards, whichever worker runs it.
+    the chief creates afterwards, whichever worker runs it. A trial whose
+    worker falls silent for `worker_timeout` seconds (an argument, through
+    `**kwargs`) is taken back and run again by another worker (see
+    `keras_batchtune.cluster`).
 
     With `accumulate=True` the ceiling caps the physical (micro-)batch
     instead: every batch size stays proposable, and batches at or above the

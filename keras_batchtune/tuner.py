@@ -11,6 +11,7 @@ from keras_tuner import errors
 from keras_batchtune import band
 from keras_batchtune import callbacks as callbacks_module
 from keras_batchtune import checkpoint
+from keras_batchtune import cluster
 from keras_batchtune import coupling
 from keras_batchtune import data
 from keras_batchtune import distribute
@@ -151,6 +152,14 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             base learning rate (the one the model is compiled with). By
             default the `hp.Float` named `"learning_rate"` or `"lr"`; with
             neither, `lr_band` has no effect (a notice says so).
+        worker_timeout: In a distributed search (KerasTuner's
+            `KERASTUNER_*` variables), the seconds after which the chief
+            takes back the trial of a worker it has not heard from (a
+            worker sends a heartbeat every quarter of it while it runs a
+            trial) and has it run again by another worker; workers wait
+            for such trials before they leave. None waits for every
+            worker forever, as KerasTuner does. Give every process the
+            same value. Defaults to 60.
         **kwargs: The arguments of `keras_tuner.Tuner`: `directory`,
             `project_name`, `overwrite`, `executions_per_trial`,
             `distribution_strategy` (a `tf.distribute.Strategy`, see
@@ -194,6 +203,7 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
         tolerance=None,
         lr_band=None,
         lr_hyperparameter=None,
+        worker_timeout=cluster.DEFAULT_WORKER_TIMEOUT,
         **kwargs,
     ):
         lr_band = band.check_lr_band(lr_band)
@@ -254,8 +264,15 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             tolerance=tolerance,
             lr_band=lr_band,
             lr_hyperparameter=lr_hyperparameter,
+            worker_timeout=worker_timeout,
         )
         super().__init__(oracle, hypermodel, **kwargs)
+        if self._is_worker() and oracle.worker_timeout is not None:
+            # Renews the lease of the running trial; waits while the
+            # chief may still hand out a trial taken back from a dead worker.
+            self.oracle = cluster.LeasedOracleClient(
+                self.oracle, oracle.worker_timeout
+            )
 
     @property
     def reference_batch_size(self):
@@ -333,7 +350,8 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
         # created after the freeze and are still collected.
         gc.freeze()
         try:
-            return super().search(*fit_args, **fit_kwargs)
+            with cluster.watch_workers(self.oracle):
+                return super().search(*fit_args, **fit_kwargs)
         finally:
             gc.unfreeze()
 
