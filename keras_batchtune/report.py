@@ -266,6 +266,9 @@ def _searched_range(oracle, name):
 def range_notices(oracle):
     """Says when the best trial sits at an edge of the searched range.
 
+    The best trial is the first of `oracle.get_best_trials`: with a
+    `tolerance`, the preferred (fastest) one.
+
     The best batch size is at an edge when it equals the smallest or the
     largest searched value; the best (base) learning rate, when it lies in
     the outer 5% (log scale) of a float range or is an end of a choice. The
@@ -543,4 +546,4 @@ def _plot_cost(axis, oracle, rows, rates, norm):
     axis.set_ylabel(oracle.objective.name)
     axis.set_title("objective vs training time")
     if front or tolerance is not None:
-        axis.legend(loc="lower right")
+        axis.legend(loc="best")
