@@ -1,0 +1,150 @@
+"""A BatchTuner search whose process address space is capped.
+
+Usage: `python memory_capped_search.py WORKDIR HEADROOM_MIB`.
+
+TensorFlow is imported and warmed up (a `fit` of the search's model at a
+small batch, which starts TensorFlow's thread pools), then the address
+space is capped with `resource.setrlimit(RLIMIT_AS)` at what the process
+uses plus `HEADROOM_MIB`. A trial at batch 16384 of the wide model needs
+several 64 MiB activations: TensorFlow's CPU allocator cannot get them and
+raises its own `ResourceExhaustedError` ("OOM when allocating tensor ...
+by allocator cpu"). Nothing is injected. The learning rate is a searched
+choice of 0.01, 0.03 and 1e6; the last diverges.
+
+Prints one `EVENT {json}` line per trial begun, per trial error (with the
+error's cause) and per trial ended, and a `DONE {json}` line at the end.
+"""
+
+import json
+import os
+import resource
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import keras  # noqa: E402
+import keras_tuner  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_batchtune  # noqa: E402
+
+WIDTH = 1024
+SMALL, LARGE = 32, 16384
+workdir, headroom_mib = sys.argv[1], int(sys.argv[2])
+
+
+def event(**fields):
+    print("EVENT", json.dumps(fields), flush=True)
+
+
+def build(hp):
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(WIDTH, activation="relu"),
+            keras.layers.Dense(WIDTH, activation="relu"),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    learning_rate = hp.Choice("learning_rate", [0.01, 0.03, 1e6])
+    model.compile(
+        keras.optimizers.SGD(learning_rate),
+        "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+class LoggingTuner(keras_batchtune.BatchTuner):
+    def on_trial_begin(self, trial):
+        event(
+            kind="begin", trial=trial.trial_id, **trial.hyperparameters.values
+        )
+        super().on_trial_begin(trial)
+
+    def run_trial(self, trial, *args, **kwargs):
+        try:
+            return super().run_trial(trial, *args, **kwargs)
+        except Exception as error:
+            cause = error.__cause__
+            event(
+                kind="error",
+                trial=trial.trial_id,
+                error=type(error).__name__,
+                cause=type(cause).__name__,
+                allocator=[
+                    line.strip()
+                    for line in str(cause).splitlines()
+                    if "OOM when allocating" in line
+                ][:1],
+            )
+            raise
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        ended = self.oracle.trials[trial.trial_id]
+        event(
+            kind="end",
+            trial=trial.trial_id,
+            status=ended.status,
+            message=ended.message,
+        )
+
+
+def virtual_memory_bytes():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize in /proc/self/status")
+
+
+rng = np.random.default_rng(0)
+x = rng.random((LARGE + 256, 8)).astype("float32")
+y = (x[:, 0] > 0.5).astype("int32")
+hp = keras_tuner.HyperParameters()
+hp.Choice("batch_size", [SMALL, LARGE])
+warm = build(keras_tuner.HyperParameters())
+warm.fit(x[:256], y[:256], batch_size=SMALL, epochs=1, verbose=0)
+del warm
+
+limit = virtual_memory_bytes() + headroom_mib * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+tuner = LoggingTuner(
+    build,
+    objective="val_accuracy",
+    max_trials=4,
+    seed=int(os.environ.get("SEARCH_SEED", "13")),
+    hyperparameters=hp,
+    lr_scaling="none",
+    directory=workdir,
+    project_name="search",
+    overwrite=True,
+)
+tuner.search(
+    x[:LARGE],
+    y[:LARGE],
+    epochs=2,
+    steps_per_epoch=2,
+    validation_data=(x[LARGE:], y[LARGE:]),
+    verbose=0,
+)
+print(
+    "DONE",
+    json.dumps(
+        {
+            "ceiling": tuner.oracle.batch_size_ceiling,
+            "trials": {
+                t.trial_id: {
+                    "status": t.status,
+                    "message": t.message,
+                    "values": t.hyperparameters.values,
+                }
+                for t in tuner.oracle.trials.values()
+            },
+        }
+    ),
+    flush=True,
+)
