@@ -69,14 +69,14 @@ its own: the plain BatchTuner project of the same seed is reloaded
 are those of that search.
 
 Budget: 2 tasks x 2 regimes x 5 seeds x 5 searches x 12 trials = 1,200
-trials must fit in about 40 minutes on 2 idle cores, i.e. about 2 s per
-trial. Hence 8 epochs (on digits an 8-epoch fit takes ~2.5 s at batch 16 and ~1 s
-at batch 512; at 8 epochs the well-tuned configurations reach 0.97-0.98 on
-digits, so the ranking of configurations is already that of 15 epochs) and
-a batch range starting at 16: batch 8 costs twice batch 16 and was no more
-accurate than batch 32 on the measured digits grid. A variant that
-BatchTuner does not accept yet (the keyword is refused) is reported "not
-available" and costs nothing.
+trials must fit in about 40 minutes on 2 idle cores, about 2 s per trial.
+Hence 8 epochs (an 8-epoch fit on digits takes ~2.5 s at batch 16 and ~1 s
+at batch 512 on 2 idle cores; the diagonal ridge of the 15-epoch digits grid
+is already there at 8 epochs, best 0.986) and a batch range starting at 16
+(batch 8 costs twice batch 16 and was about as accurate as batch 32 on the
+15-epoch digits grid, 0.985 vs 0.980). A variant that BatchTuner does not
+accept yet (the keyword is refused) is reported "not available" and costs
+nothing.
 
 Usage:
 
@@ -84,6 +84,7 @@ Usage:
 python benchmarks/search_efficiency.py            # full run (~40 min)
 python benchmarks/search_efficiency.py --quick    # smoke test (~30 s)
 python benchmarks/search_efficiency.py --seeds 2 --tasks digits  # partial
+python benchmarks/search_efficiency.py --markdown RESULTS.json  # README table
 ```
 """
 
@@ -670,6 +671,57 @@ def print_tables(summary, optimum, checkpoints):
             print(f"  target {tuner}: {marks}")
 
 
+def markdown(result):
+    """The README's results table, from a results JSON."""
+    checkpoints = [
+        int(key.rsplit("_", 1)[1])
+        for key in next(
+            row
+            for block in result["summary"].values()
+            for row in block["tuners"].values()
+            if row["available"]
+        )
+        if key.startswith("best_after_")
+    ]
+    best = " / ".join(str(n) for n in checkpoints)
+    final = max(checkpoints)
+    lines = [
+        f"| task, LR range | tuner | median best after {best} trials | "
+        f"P(within 1 pt) after {final} | diverged | chosen: accuracy, "
+        "batch | chosen fit time x RS | search time x RS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for block in result["summary"].values():
+        low, high = block["learning_rate_range"]
+        where = f"{block['task']}, {block['regime']} {low}-{high}"
+        for tuner, row in block["tuners"].items():
+            if not row["available"]:
+                lines.append(f"| {where} | {tuner} | not available |||||||")
+                continue
+            bests = " / ".join(
+                f"{row[f'best_after_{n}']:.3f}" for n in checkpoints
+            )
+            lines.append(
+                f"| {where} | {tuner} | {bests} | "
+                f"{row[f'p_within_1pt_after_{final}']:.1f} | "
+                f"{row['diverged_fraction']:.2f} | "
+                f"{fmt(row['chosen_objective'], '.3f')}, "
+                f"{fmt(row['chosen_batch_size'], '.0f')} | "
+                f"{fmt(row['fit_ratio'], '.2f')} | "
+                f"{fmt(row['search_ratio'], '.2f')} |"
+            )
+    lines.append("")
+    for title, block in result["summary"].items():
+        for tuner, targets in block["targets"].items():
+            met = [key for key, value in targets.items() if value]
+            missed = [key for key, value in targets.items() if not value]
+            lines.append(
+                f"- {title}, {tuner}: met {', '.join(met) or 'none'}; "
+                f"missed {', '.join(missed) or 'none'}"
+            )
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="0: only the grid")
@@ -690,7 +742,15 @@ def main():
         "--output", default=str(RESULTS / "search_efficiency.json")
     )
     parser.add_argument("--grid", default=None, help="grid cache (JSON)")
+    parser.add_argument(
+        "--markdown",
+        metavar="RESULTS_JSON",
+        help="print the README table of a results file and exit",
+    )
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(pathlib.Path(args.markdown).read_text())))
+        return
     for variant, parent in DERIVED.items():
         if variant in args.tuners and parent not in args.tuners:
             args.tuners.append(parent)
@@ -729,16 +789,19 @@ def main():
     )
     for task_name, grid in grids.items():
         print_grid(task_name, grid)
+    # One untimed fit first: the process's first fit also pays for
+    # TensorFlow's start-up, which would fall on the first search.
+    (x, y, _, _), build = next(iter(tasks.values()))
+    build(0.01).fit(x, y, batch_size=batch_range[0], epochs=1, verbose=0)
+    keras.backend.clear_session()
+    searches = [name for name in args.tuners if name not in DERIVED]
     runs = []
     started = time.perf_counter()
     for seed in range(args.seeds):
         for task_name, task in tasks.items():
             for regime_index, regime in enumerate(args.regimes):
-                shift = (seed + regime_index) % len(args.tuners)
-                order = args.tuners[shift:] + args.tuners[:shift]
-                for name in order:
-                    if name in DERIVED:
-                        continue
+                shift = (seed + regime_index) % len(searches)
+                for name in searches[shift:] + searches[:shift]:
                     results = run_search(
                         name,
                         task,
