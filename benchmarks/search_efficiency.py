@@ -1,7 +1,8 @@
 """Benchmark: how well and how cheaply each tuner finds a (batch, LR) pair.
 
 `keras_batchtune.BatchTuner` (plain coupling, and the variants
-`lr_band="trials"`, `lr_band="range_test"`, `tolerance=0.005`) against
+`lr_band="trials"`, `lr_band="range_test"`, each with and without
+`tolerance=0.005`) against
 KerasTuner's `RandomSearch` and `BayesianOptimization` over independent
 (batch size, learning rate), with the same `max_trials`, epochs, search data
 and validation split.
@@ -62,8 +63,9 @@ computed once per task and cached in
 `--recompute-grid` is given or its settings differ.
 
 `tolerance=` only reorders what `get_best_hyperparameters()` returns, not
-what the oracle samples, so the `tolerance=0.005` variant is not a search of
-its own: the plain BatchTuner project of the same seed is reloaded
+what the oracle samples, so a `tolerance=0.005` variant is not a search of
+its own: the project of the same variant without it (plain, `lr_band=
+"trials"` or `lr_band="range_test"`; same seed) is reloaded
 (`overwrite=False`) by a `BatchTuner(..., tolerance=0.005)`, whose
 `get_best_hyperparameters()` gives its pick; its trials and search seconds
 are those of that search.
@@ -126,13 +128,25 @@ BASELINES = ("randomsearch", "bayesian")
 # BatchTuner variants: name -> extra keyword arguments.
 VARIANTS = {
     "batchtune": {},
-    "batchtune lr_band=trials": {"lr_band": "trials"},
-    "batchtune lr_band=range_test": {"lr_band": "range_test"},
     "batchtune tolerance=0.005": {"tolerance": 0.005},
+    "batchtune lr_band=trials": {"lr_band": "trials"},
+    "batchtune lr_band=trials tolerance=0.005": {
+        "lr_band": "trials",
+        "tolerance": 0.005,
+    },
+    "batchtune lr_band=range_test": {"lr_band": "range_test"},
+    "batchtune lr_band=range_test tolerance=0.005": {
+        "lr_band": "range_test",
+        "tolerance": 0.005,
+    },
 }
 # `tolerance` only reorders what `get_best_*` return, not what is sampled:
 # such a variant is its parent's search, reloaded with the keyword.
-DERIVED = {"batchtune tolerance=0.005": "batchtune"}
+DERIVED = {
+    name: name.replace(" tolerance=0.005", "")
+    for name in VARIANTS
+    if name.endswith(" tolerance=0.005")
+}
 TUNERS = BASELINES + tuple(VARIANTS)
 
 
@@ -642,12 +656,12 @@ def print_tables(summary, optimum, checkpoints):
         head = " ".join(f"{f'best@{n}':>7}" for n in checkpoints)
         head += " " + " ".join(f"{f'P1@{n}':>5}" for n in checkpoints)
         print(
-            f"{'tuner':<30} {head} {'div':>5} {'chosen':>6} {'batch':>5} "
+            f"{'tuner':<46} {head} {'div':>5} {'chosen':>6} {'batch':>5} "
             f"{'fit s':>6} {'x RS':>5} {'search s':>8} {'x RS':>5}"
         )
         for tuner, row in block["tuners"].items():
             if not row["available"]:
-                print(f"{tuner:<30} not available")
+                print(f"{tuner:<46} not available")
                 continue
             cells = " ".join(
                 f"{row[f'best_after_{n}']:7.4f}" for n in checkpoints
@@ -656,7 +670,7 @@ def print_tables(summary, optimum, checkpoints):
                 f"{row[f'p_within_1pt_after_{n}']:5.2f}" for n in checkpoints
             )
             print(
-                f"{tuner:<30} {cells} {row['diverged_fraction']:5.2f} "
+                f"{tuner:<46} {cells} {row['diverged_fraction']:5.2f} "
                 f"{fmt(row['chosen_objective'], '6.4f')} "
                 f"{fmt(row['chosen_batch_size'], '5.0f')} "
                 f"{fmt(row['chosen_fit_seconds'], '6.2f')} "
