@@ -16,7 +16,7 @@ written through `tf.io.gfile`, imported only for them.
 import glob
 import json
 import os
-import tempfile
+import uuid
 
 TRIAL_FILE_PATTERN = os.path.join("trial_*", "trial.json")
 """The trial files of a project, relative to its directory."""
@@ -87,12 +87,11 @@ def write_json(path, state):
         with _open(path, "w") as file:
             file.write(text)
         return text
-    directory = os.path.dirname(path) or "."
-    handle, temporary = tempfile.mkstemp(
-        dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp"
-    )
+    # A name of its own per writer; created like any file (the umask's
+    # permissions, not a private temporary file's 0600).
+    temporary = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
     try:
-        with os.fdopen(handle, "w") as file:
+        with open(temporary, "x") as file:
             file.write(text)
         os.replace(temporary, path)
     except BaseException:

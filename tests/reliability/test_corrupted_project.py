@@ -171,3 +171,9 @@ def test_project_files_are_replaced_whole(project):
         if name.endswith(".tmp")
     ]
     assert leftovers == []
+    # Written like any new file, not with a temporary file's mode 0600.
+    control = project_dir / "control"
+    control.write_text("")
+    assert (project_dir / "oracle.json").stat().st_mode == (
+        control.stat().st_mode
+    )
