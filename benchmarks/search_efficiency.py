@@ -122,6 +122,9 @@ REGIMES = {"drop-in": (0.01, 0.1), "wide": (0.001, 1.0)}
 GRID_LEARNING_RATES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 ONE_POINT = 0.01
 EQUAL_ACCURACY = 0.005
+# Scores are fractions of 360 validation examples: compare with a margin
+# that absorbs float rounding, far below one example (0.0028).
+ROUNDING = 1e-6
 FIT_TARGET = 0.5
 SEARCH_TARGET = 0.7
 BASELINES = ("randomsearch", "bayesian")
@@ -554,7 +557,7 @@ def summarize(runs, grids, checkpoints):
                 bests = [r["best_after"][str(n)] for r in mine]
                 row[f"best_after_{n}"] = median(bests)
                 row[f"p_within_1pt_after_{n}"] = sum(
-                    b >= reference - ONE_POINT for b in bests
+                    b >= reference - ONE_POINT - ROUNDING for b in bests
                 ) / len(bests)
             trials = [t for r in mine for t in r["trials"]]
             row["diverged_fraction"] = sum(t["diverged"] for t in trials) / max(
@@ -596,7 +599,7 @@ def summarize(runs, grids, checkpoints):
 
 
 def check_targets(rows, regime, checkpoints):
-    """The issue's targets, per BatchTuner variant (None: not measurable)."""
+    """The issue's targets, met or not, per BatchTuner variant."""
     random_search = rows.get("randomsearch", {})
     bayesian = rows.get("bayesian", {})
     final = max(checkpoints)
@@ -611,7 +614,7 @@ def check_targets(rows, regime, checkpoints):
         result["equal_accuracy"] = bool(
             row["chosen_objective"] is not None
             and reference is not None
-            and row["chosen_objective"] >= reference - EQUAL_ACCURACY
+            and row["chosen_objective"] >= reference - EQUAL_ACCURACY - ROUNDING
         )
         result["fit_time_at_most_0.5x"] = (
             row["fit_ratio"] is not None and row["fit_ratio"] <= FIT_TARGET
