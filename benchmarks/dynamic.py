@@ -135,12 +135,20 @@ def median(values):
 
 
 def measurement_cost(data, epochs, repeats):
-    """Seconds per epoch with / without the noise-scale measurement."""
+    """Seconds per epoch with / without the noise-scale measurement.
+
+    Each repeat trains once with and once without the measurement, in
+    alternating order (so neither arm always runs on a warmer or busier
+    machine), and takes the median seconds per epoch after the first two
+    epochs (tracing of the train step and of the measurement); the ratio is
+    the median over repeats.
+    """
     x, y, _, _ = data
     ratios = []
     for repeat in range(repeats):
         seconds = {}
-        for measure in (False, True):
+        order = (False, True) if repeat % 2 == 0 else (True, False)
+        for measure in order:
             keras.utils.set_random_seed(repeat)
             model = build_model(BASE_LEARNING_RATE)
             callback = keras_batchtune.DynamicBatchSize(
@@ -156,9 +164,10 @@ def measurement_cost(data, epochs, repeats):
             model.fit(
                 train, epochs=epochs, verbose=0, callbacks=[callback, clock]
             )
-            # Leave out the first two epochs (tracing of the train step and
-            # of the measurement).
-            seconds[measure] = clock.seconds[-1] - clock.seconds[1]
+            ends = clock.seconds[1:]
+            seconds[measure] = statistics.median(
+                [end - begin for begin, end in zip(ends, ends[1:])]
+            )
         ratios.append(seconds[True] / seconds[False])
     return median(ratios)
 
