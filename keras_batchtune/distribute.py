@@ -322,12 +322,9 @@ def check_workers_agree(strategy, batch_size):
         ValueError: if the workers' batch sizes differ.
     """
 
-    def gather():
-        context = tf.distribute.get_replica_context()
-        return context.all_gather(tf.constant([batch_size], tf.int64), axis=0)
-
-    gathered = strategy.experimental_local_results(strategy.run(gather))
-    sizes = [int(value) for value in gathered[0].numpy()]
+    sizes = [
+        int(row[0]) for row in gather_from_replicas(strategy, [batch_size])
+    ]
     if len(set(sizes)) > 1:
         raise ValueError(
             "The workers of the MultiWorkerMirroredStrategy disagree on the "
@@ -361,13 +358,35 @@ def first_worker_values(strategy, values):
     values = tuple(float(value) for value in values)
     if strategy is None or not is_multi_worker(strategy):
         return values
+    first = gather_from_replicas(strategy, values, dtype=tf.float64)[0]
+    return tuple(float(value) for value in first)
+
+
+def gather_from_replicas(strategy, values, dtype=tf.int64):
+    """Every replica's `values`, by one all-gather (a collective op).
+
+    Example:
+
+    ```python
+    gather_from_replicas(strategy, [batch_size])  # [[64], [64]]
+    ```
+
+    Args:
+        strategy: A `tf.distribute.Strategy`.
+        values: A sequence of numbers, this worker's.
+        dtype: The TensorFlow dtype they are sent as.
+
+    Returns:
+        A numpy array of shape `(num_replicas_in_sync, len(values))`, the
+        rows in replica order (worker 0's first).
+    """
 
     def gather():
         context = tf.distribute.get_replica_context()
-        return context.all_gather(tf.constant([values], tf.float64), axis=0)
+        return context.all_gather(tf.constant([list(values)], dtype), axis=0)
 
     gathered = strategy.experimental_local_results(strategy.run(gather))
-    return tuple(float(value) for value in gathered[0].numpy()[0])
+    return gathered[0].numpy()
 
 
 _FIT_SIGNATURE = inspect.signature(keras.Model.fit)

@@ -167,12 +167,6 @@ def _release_memory():
     gc.collect()
 
 
-def _is_multi_worker(strategy):
-    extended = getattr(strategy, "extended", None)
-    in_multi_worker_mode = getattr(extended, "_in_multi_worker_mode", None)
-    return bool(in_multi_worker_mode and in_multi_worker_mode())
-
-
 def _local_copy(model):
     """The model, compiled alike, outside any strategy: on this worker only."""
     import tensorflow as tf
@@ -189,16 +183,19 @@ def _local_copy(model):
     return copy
 
 
+def _is_multi_worker(strategy):
+    if strategy is None:  # not the TensorFlow backend
+        return False
+    from keras_batchtune import distribute
+
+    return distribute.is_multi_worker(strategy)
+
+
 def _min_across_workers(strategy, value):
     """The smallest of one integer per worker, by one collective op."""
-    import tensorflow as tf
+    from keras_batchtune import distribute
 
-    def gather():
-        context = tf.distribute.get_replica_context()
-        return context.all_gather(tf.constant([value], tf.int64), axis=0)
-
-    gathered = strategy.experimental_local_results(strategy.run(gather))
-    return int(tf.reduce_min(gathered[0]))
+    return int(distribute.gather_from_replicas(strategy, [value]).min())
 
 
 def _find_across_workers(model, data, strategy, **kwargs):
