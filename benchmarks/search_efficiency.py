@@ -688,6 +688,19 @@ def print_tables(summary, optimum, checkpoints):
             print(f"  target {tuner}: {marks}")
 
 
+def target_label(key):
+    """A short column label for a key of `check_targets`."""
+    labels = {
+        "equal_accuracy": "accuracy",
+        "fit_time_at_most_0.5x": "fit",
+        "search_time_at_most_0.7x": "search",
+    }
+    if key in labels:
+        return labels[key]
+    trials = key.split("_")[3]  # wide_best_after_<n>_above_baselines
+    return f"best@{trials} > RS, BO"
+
+
 def markdown(result):
     """The README's results table, from a results JSON."""
     checkpoints = [
@@ -727,15 +740,27 @@ def markdown(result):
                 f"{fmt(row['fit_ratio'], '.2f')} | "
                 f"{fmt(row['search_ratio'], '.2f')} |"
             )
-    lines.append("")
-    for title, block in result["summary"].items():
-        for tuner, targets in block["targets"].items():
-            met = [key for key, value in targets.items() if value]
-            missed = [key for key, value in targets.items() if not value]
-            lines.append(
-                f"- {title}, {tuner}: met {', '.join(met) or 'none'}; "
-                f"missed {', '.join(missed) or 'none'}"
+    titles = list(result["summary"])
+    lines += [
+        "",
+        "| targets met | " + " | ".join(titles) + " |",
+        "|---" * (len(titles) + 1) + "|",
+    ]
+    for tuner in VARIANTS:
+        cells = []
+        for title in titles:
+            targets = result["summary"][title]["targets"].get(tuner)
+            if targets is None:
+                cells.append("-")
+                continue
+            cells.append(
+                ", ".join(
+                    f"{target_label(key)} {'yes' if met else 'no'}"
+                    for key, met in targets.items()
+                    if key != "cost_target_met"
+                )
             )
+        lines.append(f"| {tuner} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
