@@ -779,6 +779,11 @@ def main():
         "--tuners", nargs="+", choices=list(TUNERS), default=list(TUNERS)
     )
     parser.add_argument("--recompute-grid", action="store_true")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the finished seeds of --output and run the others",
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
         "--output", default=str(RESULTS / "search_efficiency.json")
@@ -837,9 +842,16 @@ def main():
     build(0.01).fit(x, y, batch_size=batch_range[0], epochs=1, verbose=0)
     keras.backend.clear_session()
     searches = [name for name in args.tuners if name not in DERIVED]
-    runs = []
+    runs, first_seed = [], 0
+    if args.resume and output.exists():
+        previous = json.loads(output.read_text())
+        first_seed = previous["seeds_done"]
+        runs = [run for run in previous["runs"] if run["seed"] < first_seed]
+        print(f"resuming after {first_seed} finished seeds of {output}")
+        if first_seed >= args.seeds:
+            return
     started = time.perf_counter()
-    for seed in range(args.seeds):
+    for seed in range(first_seed, args.seeds):
         for task_name, task in tasks.items():
             for regime_index, regime in enumerate(args.regimes):
                 shift = (seed + regime_index) % len(searches)
