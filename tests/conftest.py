@@ -1,6 +1,8 @@
 """Shared test set-up: quiet TensorFlow, two logical CPUs, tiny digits data."""
 
+import json
 import os
+import socket
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # TensorFlow's default CPU allocator raises its out-of-memory error at once;
@@ -117,3 +119,19 @@ def mirrored_strategy():
     collective instance keys, which can meet a previous strategy's ops.
     """
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that is free now, for a test's processes."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def parse(output, prefix):
+    """The JSON payloads of a process's output lines `PREFIX {...}`."""
+    return [
+        json.loads(line.split(" ", 1)[1])
+        for line in output.splitlines()
+        if line.startswith(prefix + " ")
+    ]

@@ -8,7 +8,6 @@ processes on 127.0.0.1.
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import keras_tuner
 import pytest
 import tensorflow as tf
 from conftest import MemoryLimit
+from conftest import free_port
 
 import keras_batchtune
 from keras_batchtune import distribute
@@ -444,12 +444,6 @@ except ValueError as error:
 result["seconds"] = time.time() - start
 print("RESULT", json.dumps(result), flush=True)
 """
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_multi_worker_trial_agrees_on_batch_sizes(tmp_path):

@@ -6,15 +6,15 @@ variables (`KERASTUNER_TUNER_ID`, `KERASTUNER_ORACLE_IP`,
 run the trials.
 """
 
-import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+from conftest import free_port
+from conftest import parse
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -126,20 +126,6 @@ if role == "chief":
         }} for t in trials],
     }}), flush=True)
 """
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def parse(out, prefix):
-    return [
-        json.loads(line.split(" ", 1)[1])
-        for line in out.splitlines()
-        if line.startswith(prefix + " ")
-    ]
 
 
 def test_chief_and_two_workers_share_trials_and_the_memory_ceiling(tmp_path):

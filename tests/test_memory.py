@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import MemoryLimit
+from conftest import free_port
 from conftest import make_mlp
 
 import keras_batchtune
@@ -210,14 +211,8 @@ print("RESULT", json.dumps([result.batch_size, len(result.probes)]))
 def test_workers_with_different_limits_agree(tmp_path):
     import json
     import os
-    import socket
     import subprocess
     import sys
-
-    def free_port():
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     script = tmp_path / "worker.py"

@@ -14,7 +14,6 @@ import os
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import urllib.request
 import keras
 import keras_tuner
 import pytest
+from conftest import free_port
 from conftest import make_mlp
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import api_pb2
@@ -106,12 +106,6 @@ def read_session(run_dir):
         hparams[name] = getattr(value, value.WhichOneof("kind"))
     metric_tags = set(run.Tags()["tensors"]) - set(content)
     return hparams, end.status, metric_tags, start.group_name
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get_json(url, body=None):

@@ -8,25 +8,17 @@ diverges. Seed 13 orders the four trials completed, out of memory,
 diverged, completed, so each failure is followed by another trial.
 """
 
-import json
 import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
+from conftest import parse
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = pathlib.Path(__file__).with_name("memory_capped_search.py")
 HEADROOM_MIB = 160
-
-
-def parse(output, prefix):
-    return [
-        json.loads(line.split(" ", 1)[1])
-        for line in output.splitlines()
-        if line.startswith(prefix + " ")
-    ]
 
 
 @pytest.mark.skipif(

@@ -9,14 +9,15 @@ after that many seconds of silence and `tuner0` runs it again, then both
 remaining processes end by themselves.
 """
 
-import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
+
+from conftest import free_port
+from conftest import parse
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MAX_TRIALS = 4
@@ -98,20 +99,6 @@ if role == "chief":
         "statuses": {{t: oracle.trials[t].status for t in oracle.trials}},
     }}), flush=True)
 """
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def parse(out, prefix):
-    return [
-        json.loads(line.split(" ", 1)[1])
-        for line in out.splitlines()
-        if line.startswith(prefix + " ")
-    ]
 
 
 def test_chief_and_other_worker_finish_after_a_worker_is_killed(tmp_path):
