@@ -9,6 +9,7 @@ import numpy as np
 from keras_batchtune import accumulation
 from keras_batchtune import coupling
 from keras_batchtune import distribute
+from keras_batchtune import fit_loop
 from keras_batchtune import noise
 from keras_batchtune import policies
 from keras_batchtune import resizable_data
@@ -40,14 +41,16 @@ class DynamicBatchSize(keras.callbacks.Callback):
     optimizer update) of the next epoch, from the epoch's logs and, when it
     needs them, online measurements of the gradient noise scale `B_simple`
     and of throughput. The input must be made with
-    `keras_batchtune.resizable`: its micro-batch is the physical batch, and a
-    batch of `B` accumulates `B / micro-batch` micro-batches into each update
-    (Keras's `gradient_accumulation_steps`), so the steps per epoch, the
-    progress bar and `params["steps"]` stay right and every example is used
-    once per epoch. On every resize the learning rate follows
-    `lr * s(B_new / B_old)` (`lr_scaling`, the core's rules) unless
-    `keep_lr=True`, times any learning-rate factor the policy asks for (the
-    hybrid schedule's decay once the batch is capped).
+    `keras_batchtune.resizable`. A batch of `B` (a multiple of the input's
+    micro-batch) is made physically, the pipeline making batches of `B` from
+    the next epoch on, with the TensorFlow backend on one replica up to the
+    input's `max_physical_batch_size`; otherwise physical batches are
+    accumulated into each update (Keras's `gradient_accumulation_steps`).
+    Either way the steps per epoch, the progress bar and `params["steps"]`
+    are right and every example is used once per epoch. On every resize
+    the learning rate follows `lr * s(B_new / B_old)` (`lr_scaling`, the
+    core's rules) unless `keep_lr=True`, times any learning-rate factor the
+    policy asks for (the hybrid schedule's decay once the batch is capped).
 
     Each epoch's `logs` get `batch_size`, `physical_batch_size`,
     `learning_rate` and, when measured, `gradient_noise_scale`; list this
@@ -169,7 +172,7 @@ class DynamicBatchSize(keras.callbacks.Callback):
         if data is None:
             raise ValueError(_NOT_RESIZABLE.format(received=""))
         self._data = data
-        micro = data.batch_size
+        micro = data.micro_batch_size
         if micro > self.max_batch_size:
             raise ValueError(
                 f"The input's micro-batch ({micro}, the `batch_size` given "
@@ -189,11 +192,19 @@ class DynamicBatchSize(keras.callbacks.Callback):
         self._epochs_begun = data.epochs_begun
         self._probe = None
         self._samples = None
+        callback_list = fit_loop.find_caller(keras.callbacks.CallbackList)
+        self._progress_bar = fit_loop.progress_bar_of(callback_list)
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._first_epoch:
             self._first_epoch = False
             self._begin(epoch)
+        if self._data.physical:
+            # The steps of this epoch, for the callbacks after this one.
+            steps = self._data.num_batches
+            self.params["steps"] = steps
+            if self._progress_bar is not None:
+                self._progress_bar.target = steps
         self._epoch_start = time.perf_counter()
         self._train_seconds = None
 
@@ -254,7 +265,7 @@ class DynamicBatchSize(keras.callbacks.Callback):
         self._state_variable = state
 
     def _begin(self, epoch):
-        micro = self._data.batch_size
+        micro = self._data.micro_batch_size
         if self.base_batch_size is None:
             self.base_batch_size = micro
         state = self._load_state() if epoch > 0 else None
@@ -288,7 +299,7 @@ class DynamicBatchSize(keras.callbacks.Callback):
 
     def _nearest(self, batch_size):
         """The multiple of the micro-batch nearest `batch_size`, in range."""
-        micro = self._data.batch_size
+        micro = self._data.micro_batch_size
         steps = max(1, int(round(batch_size / micro)))
         steps = min(steps, self.max_batch_size // micro)
         return steps * micro
@@ -308,7 +319,8 @@ class DynamicBatchSize(keras.callbacks.Callback):
             )
         self.batch_size = new_batch_size
         optimizer = self.model.optimizer
-        steps = new_batch_size // self._data.batch_size
+        physical_batch_size, steps = self._data.plan(new_batch_size)
+        self._data.set_physical_batch_size(physical_batch_size)
         retrace = False
         if steps != accumulation.accumulation_steps(optimizer):
             accumulation.set_accumulation_steps(optimizer, steps)
@@ -336,7 +348,7 @@ class DynamicBatchSize(keras.callbacks.Callback):
         return True
 
     def _measure_noise_scale(self):
-        micro = self._data.batch_size
+        micro = self._data.micro_batch_size
         strategy = self.model.distribute_strategy
         small = micro // strategy.num_replicas_in_sync
         large = self.noise_scale_batch_size or 4 * micro

@@ -346,8 +346,18 @@ class TrialFit:
         y = args[1] if len(args) > 1 else kwargs.pop("y", None)
         kwargs.pop("batch_size", None)
         kwargs.pop("shuffle", None)
+        max_physical_batch_size = None
+        if self.max_micro_batch_size is not None:
+            scale = self.num_replicas if self.per_replica else 1
+            max_physical_batch_size = max(
+                self.max_micro_batch_size * scale, batch_size
+            )
         kwargs["x"] = resizable_data.resizable(
-            x, y, batch_size=batch_size, drop_remainder=self.drop_remainder
+            x,
+            y,
+            batch_size=batch_size,
+            drop_remainder=self.drop_remainder,
+            max_physical_batch_size=max_physical_batch_size,
         )
         callback = copy.deepcopy(self.dynamic)
         self.dynamic_callbacks.append(callback)

@@ -12,11 +12,23 @@ from tests.conftest import make_mlp
 
 
 def _fit(
-    model, digits, callback, epochs=4, batch_size=16, shuffle=True, **fit_kwargs
+    model,
+    digits,
+    callback,
+    epochs=4,
+    batch_size=16,
+    shuffle=True,
+    max_physical_batch_size=None,
+    **fit_kwargs,
 ):
     x, y, x_val, y_val = digits
     data = keras_batchtune.resizable(
-        x, y, batch_size=batch_size, shuffle=shuffle, seed=0
+        x,
+        y,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=0,
+        max_physical_batch_size=max_physical_batch_size,
     )
     callbacks = [callback] + fit_kwargs.pop("callbacks", [])
     return model.fit(
@@ -24,8 +36,7 @@ def _fit(
         epochs=epochs,
         validation_data=(x_val, y_val),
         callbacks=callbacks,
-        verbose=0,
-        **fit_kwargs,
+        **{"verbose": 0, **fit_kwargs},
     )
 
 
@@ -39,12 +50,15 @@ def _schedule(**kwargs):
     )
 
 
-def test_schedule_resizes_with_linear_coupling_and_right_steps(digits):
+def test_schedule_resizes_by_accumulation_with_coupling_and_right_steps(
+    digits,
+):
     keras.utils.set_random_seed(0)
     model = make_mlp(learning_rate=0.02)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        history = _fit(model, digits, _schedule())
+        # The physical batch capped at the micro-batch: always accumulate.
+        history = _fit(model, digits, _schedule(), max_physical_batch_size=16)
     assert not [w for w in caught if "ran out of data" in str(w.message)]
     logs = history.history
     assert logs["batch_size"] == [16, 32, 128, 128]
@@ -57,6 +71,130 @@ def test_schedule_resizes_with_linear_coupling_and_right_steps(digits):
     # Updates: 38 + 38 // 2 + (38 + 0) // 8 twice (groups span epochs).
     assert int(model.optimizer.iterations) == 38 + 19 + 76 // 8
     assert logs["val_accuracy"][-1] > 0.8
+
+
+class _ExampleCounter(keras.layers.Layer):
+    """Counts the examples trained on, and sums their ids (feature 0)."""
+
+    def build(self, input_shape):
+        self.count = self.add_weight((), initializer="zeros", trainable=False)
+        self.id_sum = self.add_weight((), initializer="zeros", trainable=False)
+
+    def call(self, inputs, training=False):
+        if training:
+            self.count.assign_add(
+                keras.ops.cast(keras.ops.shape(inputs)[0], "float32")
+            )
+            self.id_sum.assign_add(keras.ops.sum(inputs[:, 0]))
+        # The id itself is not a feature.
+        return keras.ops.concatenate([inputs[:, :1] * 0, inputs[:, 1:]], 1)
+
+
+class _StepLog(keras.callbacks.Callback):
+    """Per epoch: steps run, `params["steps"]`, examples and their id sum."""
+
+    def __init__(self, counter):
+        super().__init__()
+        self.counter = counter
+        self.steps, self.params_steps, self.examples, self.id_sums = (
+            [],
+            [],
+            [],
+            [],
+        )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.params_steps.append(self.params["steps"])
+        self.counter.count.assign(0.0)
+        self.counter.id_sum.assign(0.0)
+        self.seen = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.steps.append(self.seen)
+        self.examples.append(int(self.counter.count.numpy()))
+        self.id_sums.append(int(self.counter.id_sum.numpy()))
+
+
+def test_schedule_resizes_physically_without_retrace(digits, capsys):
+    # One device, TensorFlow: bigger batches come from the pipeline itself;
+    # the steps Keras runs, `params["steps"]` and the progress bar follow,
+    # every example is used once per epoch, and the train step is not
+    # retraced (its batch dimension is unknown).
+    x, y, x_val, y_val = digits
+    x = x.copy()
+    x[:, 0] = np.arange(len(x))  # feature 0 carries the example id
+    keras.utils.set_random_seed(0)
+    counter = _ExampleCounter()
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            counter,
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(
+        keras.optimizers.SGD(0.02, momentum=0.9),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    step_log = _StepLog(counter)
+    traces = []
+    train_step = model.train_step
+
+    def counted_train_step(data):
+        traces.append(1)  # Python runs here only when tracing.
+        return train_step(data)
+
+    model.train_step = counted_train_step
+    traces_by_epoch = []
+    trace_log = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: traces_by_epoch.append(len(traces))
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = _fit(
+            model,
+            (x, y, x_val, y_val),
+            _schedule(),
+            callbacks=[step_log, trace_log],
+            verbose=1,
+        )
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+    logs = history.history
+    assert logs["batch_size"] == [16, 32, 128, 128]
+    assert logs["physical_batch_size"] == [16, 32, 128, 128]
+    np.testing.assert_allclose(
+        logs["learning_rate"], [0.02, 0.04, 0.16, 0.16], rtol=1e-6
+    )
+    # 600 examples: ceil(600 / 16), ceil(600 / 32), ceil(600 / 128).
+    assert step_log.steps == [38, 19, 5, 5]
+    assert step_log.params_steps == [38, 19, 5, 5]
+    assert int(model.optimizer.iterations) == 38 + 19 + 5 + 5
+    assert step_log.examples == [600] * 4
+    assert step_log.id_sums == [sum(range(600))] * 4
+    # Traced in the first epoch only (TensorFlow traces twice there, as in
+    # any `fit`: once more when the optimizer creates its variables).
+    assert traces_by_epoch == [traces_by_epoch[0]] * 4
+    printed = capsys.readouterr().out
+    for bar in ("38/38", "19/19", "5/5"):
+        assert bar in printed
+    assert "5/19" not in printed and "19/38" not in printed
+
+
+def test_physical_batch_capped_then_accumulates(digits):
+    model = make_mlp(learning_rate=0.02)
+    history = _fit(
+        model, digits, _schedule(), epochs=3, max_physical_batch_size=32
+    )
+    logs = history.history
+    assert logs["batch_size"] == [16, 32, 128]
+    assert logs["physical_batch_size"] == [16, 32, 32]
+    # 19 physical batches of 32 in the last epoch, 4 of them per update.
+    assert int(model.optimizer.iterations) == 38 + 19 + 19 // 4
 
 
 def test_keep_lr_and_sqrt_rule(digits):
@@ -72,16 +210,27 @@ def test_keep_lr_and_sqrt_rule(digits):
     )
 
 
-def test_learning_rate_schedule_is_rescaled_and_counts_updates(digits):
+@pytest.mark.parametrize("physical", [True, False])
+def test_learning_rate_schedule_is_rescaled_and_counts_updates(
+    digits, physical
+):
     decay = keras.optimizers.schedules.ExponentialDecay(0.05, 38, 0.5)
     model = make_mlp(optimizer=keras.optimizers.SGD(decay))
-    history = _fit(model, digits, _schedule(base_batch_size=16), epochs=3)
-    # Epoch k starts after 38, 38 + 19 updates: the schedule decays per
-    # update, and the batch rule multiplies it (x2, then x8).
+    history = _fit(
+        model,
+        digits,
+        _schedule(base_batch_size=16),
+        epochs=3,
+        max_physical_batch_size=None if physical else 16,
+    )
+    # Epoch k ends after 38, 38 + 19 updates, then 5 physical batches of
+    # 128 (600 examples) or 38 // 8 accumulated groups: the schedule decays
+    # per update, and the batch rule multiplies it (x2, then x8).
+    third_epoch_updates = 5 if physical else 38 // 8
     expected = [
         0.05 * 0.5 ** (38 / 38),
         2 * 0.05 * 0.5 ** (57 / 38),
-        8 * 0.05 * 0.5 ** ((57 + 38 // 8) / 38),
+        8 * 0.05 * 0.5 ** ((57 + third_epoch_updates) / 38),
     ]
     np.testing.assert_allclose(
         history.history["learning_rate"], expected, rtol=1e-5
@@ -183,10 +332,20 @@ def test_resizes_under_mirrored_strategy_as_on_one_replica(
     mirrored.set_weights(initial_weights)
     # Unshuffled: tf.distribute's copy of a shuffled dataset draws another
     # order, and the test compares the arithmetic.
-    single_history = _fit(single, digits, callback(), epochs=3, shuffle=False)
+    # One replica accumulates too (physical batch capped), to compare the
+    # same arithmetic; several replicas always accumulate.
+    single_history = _fit(
+        single,
+        digits,
+        callback(),
+        epochs=3,
+        shuffle=False,
+        max_physical_batch_size=16,
+    )
     mirrored_history = _fit(
         mirrored, digits, callback(), epochs=3, shuffle=False
     )
+    assert set(mirrored_history.history["physical_batch_size"]) == {16}
     batch_sizes = mirrored_history.history["batch_size"]
     if policy == "schedule":
         assert batch_sizes == single_history.history["batch_size"]

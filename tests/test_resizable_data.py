@@ -99,3 +99,41 @@ def test_bad_inputs():
         keras_batchtune.resizable(np.zeros((10, 2)), np.zeros(9), batch_size=2)
     with pytest.raises(ValueError, match="`x`"):
         keras_batchtune.resizable(["a", "b"], batch_size=2)
+
+
+def test_max_physical_batch_size_is_checked():
+    x, y = _ids_data(100)
+    for bad in (0, 2.5, 8):
+        with pytest.raises(ValueError, match="max_physical_batch_size"):
+            keras_batchtune.resizable(
+                x, y, batch_size=16, max_physical_batch_size=bad
+            )
+
+
+def test_plan_splits_above_the_physical_cap(digits):
+    x, y = digits[0], digits[1]
+    data = keras_batchtune.resizable(
+        x, y, batch_size=16, max_physical_batch_size=64
+    )
+    # Outside a `fit` the input cannot grow: accumulate micro-batches.
+    assert not data.physical
+    assert data.plan(128) == (16, 8)
+    with pytest.raises(ValueError, match="physical batch of 32"):
+        data.set_physical_batch_size(32)
+    model = make_mlp()
+    model.fit(data, epochs=1, verbose=0)
+    # Inside a one-replica TensorFlow `fit` it can, up to the cap.
+    assert data.physical
+    assert data.plan(32) == (32, 1)
+    assert data.plan(64) == (64, 1)
+    assert data.plan(256) == (64, 4)
+    data.set_physical_batch_size(64)
+    assert (data.batch_size, data.num_batches) == (64, 10)
+
+
+def test_drop_remainder_keeps_the_physical_batch(digits):
+    x, y = digits[0], digits[1]
+    data = keras_batchtune.resizable(x, y, batch_size=16, drop_remainder=True)
+    make_mlp().fit(data, epochs=1, verbose=0)
+    assert not data.physical
+    assert data.plan(64) == (16, 4)
