@@ -407,6 +407,12 @@ def compute_grid(task, batch_sizes, learning_rates, epochs):
         for batch_size in batch_sizes:
             keras.utils.set_random_seed(0)
             model = build(learning_rate)
+            epoch_ends = []
+            clock = keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: epoch_ends.append(
+                    time.perf_counter()
+                )
+            )
             start = time.perf_counter()
             history = model.fit(
                 x,
@@ -415,8 +421,10 @@ def compute_grid(task, batch_sizes, learning_rates, epochs):
                 epochs=epochs,
                 validation_data=(x_val, y_val),
                 verbose=0,
+                callbacks=[clock],
             )
             seconds = time.perf_counter() - start
+            durations = np.diff([start, *epoch_ends])
             accuracy = [a for a in history.history[OBJECTIVE] if is_finite(a)]
             points.append(
                 {
@@ -427,6 +435,7 @@ def compute_grid(task, batch_sizes, learning_rates, epochs):
                         is_finite(v) for v in history.history["loss"]
                     ),
                     "fit_seconds": seconds,
+                    "train_seconds": steady_state_seconds(durations),
                 }
             )
             keras.backend.clear_session()
@@ -461,12 +470,24 @@ def load_or_compute_grids(path, tasks, settings, recompute):
     return grids
 
 
-def fit_seconds_by_batch(grid):
+def steady_state_seconds(epoch_seconds):
+    """Seconds of all epochs at the median pace of those after the first.
+
+    The first epoch also traces the train and test steps (about 0.4 s for
+    these models on 2 cores, a one-off cost as long as a few epochs here);
+    this is the training time with that cost left out.
+    """
+    epoch_seconds = list(epoch_seconds)
+    if len(epoch_seconds) < 2:
+        return None
+    return float(len(epoch_seconds) * statistics.median(epoch_seconds[1:]))
+
+
+def fit_seconds_by_batch(grid, key="fit_seconds"):
     by_batch = {}
     for point in grid["points"]:
-        by_batch.setdefault(point["batch_size"], []).append(
-            point["fit_seconds"]
-        )
+        if point.get(key) is not None:
+            by_batch.setdefault(point["batch_size"], []).append(point[key])
     return {b: statistics.median(s) for b, s in by_batch.items()}
 
 
@@ -514,6 +535,10 @@ def summarize(runs, grids, checkpoints):
             "reference": max([grid_best, *seen]),
         }
     seconds = {name: fit_seconds_by_batch(grid) for name, grid in grids.items()}
+    train_seconds = {
+        name: fit_seconds_by_batch(grid, "train_seconds")
+        for name, grid in grids.items()
+    }
     for run in runs:
         if not run["available"]:
             continue
@@ -522,6 +547,9 @@ def summarize(runs, grids, checkpoints):
         }
         chosen = run["chosen"] or {}
         run["chosen_fit_seconds"] = seconds[run["task"]].get(
+            chosen.get("batch_size")
+        )
+        run["chosen_train_seconds"] = train_seconds[run["task"]].get(
             chosen.get("batch_size")
         )
         run["diverged_fraction"] = sum(
@@ -572,9 +600,13 @@ def summarize(runs, grids, checkpoints):
             row["chosen_fit_seconds"] = median(
                 [r["chosen_fit_seconds"] for r in mine]
             )
+            row["chosen_train_seconds"] = median(
+                [r["chosen_train_seconds"] for r in mine]
+            )
             row["total_seconds"] = median([r["total_seconds"] for r in mine])
             for key, ratio_key in (
                 ("chosen_fit_seconds", "fit_ratio"),
+                ("chosen_train_seconds", "train_ratio"),
                 ("total_seconds", "search_ratio"),
             ):
                 ratios = [
@@ -619,6 +651,12 @@ def check_targets(rows, regime, checkpoints):
         result["fit_time_at_most_0.5x"] = (
             row["fit_ratio"] is not None and row["fit_ratio"] <= FIT_TARGET
         )
+        # Not the issue's target (wall time) but beside it: the chosen
+        # configuration's training time without the first epoch's tracing.
+        result["steady_state_fit_time_at_most_0.5x"] = bool(
+            row.get("train_ratio") is not None
+            and row["train_ratio"] <= FIT_TARGET
+        )
         result["search_time_at_most_0.7x"] = (
             row["search_ratio"] is not None
             and row["search_ratio"] <= SEARCH_TARGET
@@ -660,7 +698,8 @@ def print_tables(summary, optimum, checkpoints):
         head += " " + " ".join(f"{f'P1@{n}':>5}" for n in checkpoints)
         print(
             f"{'tuner':<46} {head} {'div':>5} {'chosen':>6} {'batch':>5} "
-            f"{'fit s':>6} {'x RS':>5} {'search s':>8} {'x RS':>5}"
+            f"{'fit s':>6} {'x RS':>5} {'train s':>7} {'x RS':>5} "
+            f"{'search s':>8} {'x RS':>5}"
         )
         for tuner, row in block["tuners"].items():
             if not row["available"]:
@@ -678,6 +717,8 @@ def print_tables(summary, optimum, checkpoints):
                 f"{fmt(row['chosen_batch_size'], '5.0f')} "
                 f"{fmt(row['chosen_fit_seconds'], '6.2f')} "
                 f"{fmt(row['fit_ratio'], '5.2f')} "
+                f"{fmt(row.get('chosen_train_seconds'), '7.2f')} "
+                f"{fmt(row.get('train_ratio'), '5.2f')} "
                 f"{fmt(row['total_seconds'], '8.1f')} "
                 f"{fmt(row['search_ratio'], '5.2f')}"
             )
@@ -693,6 +734,7 @@ def target_label(key):
     labels = {
         "equal_accuracy": "accuracy",
         "fit_time_at_most_0.5x": "fit",
+        "steady_state_fit_time_at_most_0.5x": "fit w/o tracing",
         "search_time_at_most_0.7x": "search",
     }
     if key in labels:
@@ -718,15 +760,16 @@ def markdown(result):
     lines = [
         f"| task, LR range | tuner | median best after {best} trials | "
         f"P(within 1 pt) after {final} | diverged | chosen: accuracy, "
-        "batch | chosen fit time x RS | search time x RS |",
-        "|---|---|---|---|---|---|---|---|",
+        "batch | chosen fit time x RS | same without first-epoch tracing "
+        "| search time x RS |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for block in result["summary"].values():
         low, high = block["learning_rate_range"]
         where = f"{block['task']}, {block['regime']} {low}-{high}"
         for tuner, row in block["tuners"].items():
             if not row["available"]:
-                lines.append(f"| {where} | {tuner} | not available |||||||")
+                lines.append(f"| {where} | {tuner} | not available ||||||||")
                 continue
             bests = " / ".join(
                 f"{row[f'best_after_{n}']:.3f}" for n in checkpoints
@@ -738,6 +781,7 @@ def markdown(result):
                 f"{fmt(row['chosen_objective'], '.3f')}, "
                 f"{fmt(row['chosen_batch_size'], '.0f')} | "
                 f"{fmt(row['fit_ratio'], '.2f')} | "
+                f"{fmt(row.get('train_ratio'), '.2f')} | "
                 f"{fmt(row['search_ratio'], '.2f')} |"
             )
     titles = list(result["summary"])
@@ -849,6 +893,11 @@ def main():
         runs = [run for run in previous["runs"] if run["seed"] < first_seed]
         print(f"resuming after {first_seed} finished seeds of {output}")
         if first_seed >= args.seeds:
+            # Nothing left to run: summarize again (with a recomputed grid,
+            # say) and keep the finished runs.
+            summary, optimum = summarize(runs, grids, checkpoints)
+            write(output, args, first_seed, summary, optimum, runs, settings)
+            print_tables(summary, optimum, checkpoints)
             return
     started = time.perf_counter()
     for seed in range(first_seed, args.seeds):
