@@ -3,6 +3,8 @@
 import json
 import os
 import socket
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # TensorFlow's default CPU allocator raises its out-of-memory error at once;
@@ -135,3 +137,51 @@ def parse(output, prefix):
         for line in output.splitlines()
         if line.startswith(prefix + " ")
     ]
+
+
+def start_workers(script, extra_envs):
+    """Starts `script` once per worker of a cluster on 127.0.0.1.
+
+    Each process gets a `TF_CONFIG` naming every worker (on free ports) and
+    its own index, plus its entry of `extra_envs`.
+
+    Args:
+        script: Path of the Python script each worker runs.
+        extra_envs: One dict of extra environment variables per worker.
+
+    Returns:
+        The `subprocess.Popen` objects, in worker order (kill them when
+        done, say in a `finally`).
+    """
+    workers = [f"127.0.0.1:{free_port()}" for _ in extra_envs]
+    processes = []
+    for index, extra_env in enumerate(extra_envs):
+        config = {
+            "cluster": {"worker": workers},
+            "task": {"type": "worker", "index": index},
+        }
+        env = {**os.environ, "TF_CONFIG": json.dumps(config), **extra_env}
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(script)],
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        )
+    return processes
+
+
+def worker_results(processes, timeout):
+    """Waits for each worker; returns its stdout and its `RESULT` payload.
+
+    Raises:
+        AssertionError: with the end of its stderr, if a worker failed.
+    """
+    outputs = []
+    for process in processes:
+        out, err = process.communicate(timeout=timeout)
+        assert process.returncode == 0, err[-3000:]
+        outputs.append((out, parse(out, "RESULT")[0]))
+    return outputs

@@ -5,11 +5,7 @@ In-process tests use a real MirroredStrategy over two logical CPU devices
 processes on 127.0.0.1.
 """
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 import time
 
 import keras
@@ -17,7 +13,8 @@ import keras_tuner
 import pytest
 import tensorflow as tf
 from conftest import MemoryLimit
-from conftest import free_port
+from conftest import start_workers
+from conftest import worker_results
 
 import keras_batchtune
 from keras_batchtune import distribute
@@ -449,43 +446,25 @@ print("RESULT", json.dumps(result), flush=True)
 def test_multi_worker_trial_agrees_on_batch_sizes(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(root=str(ROOT)))
-    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    processes = []
     begin = time.perf_counter()
+    processes = start_workers(
+        script,
+        [
+            {"TF_CPP_MIN_LOG_LEVEL": "3", "WORKDIR": str(tmp_path / "worker0")},
+            {"TF_CPP_MIN_LOG_LEVEL": "3", "WORKDIR": str(tmp_path / "worker1")},
+        ],
+    )
     try:
-        for index in range(2):
-            config = {
-                "cluster": {"worker": workers},
-                "task": {"type": "worker", "index": index},
-            }
-            env = {
-                **os.environ,
-                "TF_CONFIG": json.dumps(config),
-                "TF_CPP_MIN_LOG_LEVEL": "3",
-                "WORKDIR": str(tmp_path / f"worker{index}"),
-            }
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, str(script)],
-                    env=env,
-                    text=True,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                )
-            )
-        results = []
-        for process in processes:
-            out, err = process.communicate(timeout=110)
-            assert process.returncode == 0, err[-3000:]
-            assert (
-                "keras_batchtune: using MultiWorkerMirroredStrategy with 2 "
-                "replicas in sync (TF_CONFIG names 2 workers)." in out
-            )
-            line = [x for x in out.splitlines() if x.startswith("RESULT")][0]
-            results.append(json.loads(line.split(" ", 1)[1]))
+        outputs = worker_results(processes, timeout=110)
     finally:
         for process in processes:
             process.kill()
+    for out, _ in outputs:
+        assert (
+            "keras_batchtune: using MultiWorkerMirroredStrategy with 2 "
+            "replicas in sync (TF_CONFIG names 2 workers)." in out
+        )
+    results = [result for _, result in outputs]
     assert time.perf_counter() - begin < 120
     first, second = results
     assert first["multi_worker"] and second["multi_worker"]

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import MemoryLimit
-from conftest import free_port
 from conftest import make_mlp
+from conftest import start_workers
+from conftest import worker_results
 
 import keras_batchtune
 from keras_batchtune import memory
@@ -209,42 +210,16 @@ print("RESULT", json.dumps([result.batch_size, len(result.probes)]))
 
 
 def test_workers_with_different_limits_agree(tmp_path):
-    import json
     import os
-    import subprocess
-    import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(root=root))
-    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    processes = []
-    for index, limit in enumerate([40, 24]):
-        config = {
-            "cluster": {"worker": workers},
-            "task": {"type": "worker", "index": index},
-        }
-        env = {
-            **os.environ,
-            "TF_CONFIG": json.dumps(config),
-            "PER_REPLICA_LIMIT": str(limit),
-        }
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, str(script)],
-                env=env,
-                text=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-        )
-    results = []
+    processes = start_workers(
+        script, [{"PER_REPLICA_LIMIT": str(limit)} for limit in (40, 24)]
+    )
     try:
-        for process in processes:
-            out, err = process.communicate(timeout=120)
-            assert process.returncode == 0, err[-3000:]
-            line = [x for x in out.splitlines() if x.startswith("RESULT")][0]
-            results.append(json.loads(line.split(" ", 1)[1]))
+        results = [result for _, result in worker_results(processes, 120)]
     finally:
         for process in processes:
             process.kill()
