@@ -239,7 +239,9 @@ class DynamicBatchSize(keras.callbacks.Callback):
             logs[policies.NOISE_SCALE_KEY] = float(b_simple)
         logs[BATCH_SIZE_KEY] = self.batch_size
         logs[PHYSICAL_BATCH_SIZE_KEY] = self._data.batch_size
-        logs[LEARNING_RATE_KEY] = _learning_rate_value(self.model.optimizer)
+        logs[LEARNING_RATE_KEY] = coupling.current_learning_rate(
+            self.model.optimizer
+        )
         self.batch_size_history.append(self.batch_size)
         decision = self.policy.next_batch_size(
             epoch, self.batch_size, logs, measurements
@@ -401,7 +403,3 @@ def _current_learning_rate(optimizer):
     ):
         return learning_rate
     return coupling.get_base_learning_rate(optimizer)
-
-
-def _learning_rate_value(optimizer):
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))

@@ -83,6 +83,26 @@ def _inner_optimizer(optimizer):
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
+def current_learning_rate(optimizer):
+    """The learning rate an optimizer applies at its current step.
+
+    Example:
+
+    ```python
+    current_learning_rate(keras.optimizers.SGD(0.1))  # 0.1
+    ```
+
+    Args:
+        optimizer: A `keras.optimizers.Optimizer` (or a loss-scale wrapper).
+
+    Returns:
+        A float: the value of its float learning rate, or of its schedule at
+        the optimizer's current step.
+    """
+    learning_rate = _inner_optimizer(optimizer).learning_rate
+    return float(keras.ops.convert_to_numpy(learning_rate))
+
+
 def get_base_learning_rate(optimizer):
     """Reads the learning rate an optimizer was created with.
 

@@ -101,10 +101,11 @@ class FitRecorder(keras.callbacks.Callback):
 def _current_learning_rate(model):
     """The optimizer's learning rate at its current step, or None."""
     optimizer = getattr(model, "optimizer", None)
-    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
-    if not isinstance(optimizer, keras.optimizers.Optimizer):
+    if not isinstance(
+        coupling._inner_optimizer(optimizer), keras.optimizers.Optimizer
+    ):
         return None
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    return coupling.current_learning_rate(optimizer)
 
 
 def _with_recorder(callbacks, recorder):

@@ -73,3 +73,14 @@ def test_schedule_counts_updates_under_accumulation():
     # Keras evaluates the schedule at micro-steps: 8 micro-steps = 2 updates.
     assert float(schedule(8)) == pytest.approx(2.0 * float(inner(2)))
     assert float(schedule(11)) == pytest.approx(2.0 * float(inner(2)))
+
+
+def test_current_learning_rate_reads_floats_and_schedules_at_the_step():
+    assert coupling.current_learning_rate(
+        keras.optimizers.SGD(0.1)
+    ) == pytest.approx(0.1)
+    decay = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)
+    optimizer = keras.optimizers.SGD(decay)
+    optimizer.build([keras.Variable(1.0)])
+    optimizer.iterations.assign(10)
+    assert coupling.current_learning_rate(optimizer) == pytest.approx(0.05)
