@@ -1,8 +1,9 @@
 """Benchmark: how well and how cheaply each tuner finds a (batch, LR) pair.
 
 `keras_batchtune.BatchTuner` (plain coupling, and the variants
-`lr_band="trials"`, `lr_band="range_test"`, each with and without
-`tolerance=0.005`) against
+`lr_band="trials"`, `lr_band="range_test"` and
+`successive_halving={"factor": 2, "min_epochs": 2}` (trials of 2, 4 and 8
+epochs), each with and without `tolerance=0.005`) against
 KerasTuner's `RandomSearch` and `BayesianOptimization` over independent
 (batch size, learning rate), with the same `max_trials`, epochs, search data
 and validation split.
@@ -70,7 +71,7 @@ its own: the project of the same variant without it (plain, `lr_band=
 `get_best_hyperparameters()` gives its pick; its trials and search seconds
 are those of that search.
 
-Budget: 2 tasks x 2 regimes x 5 seeds x 5 searches x 12 trials = 1,200
+Budget: 2 tasks x 2 regimes x 5 seeds x 6 searches x 12 trials = 1,440
 trials must fit in about 40 minutes on 2 idle cores, about 2 s per trial.
 Hence 8 epochs (an 8-epoch fit on digits takes ~2.5 s at batch 16 and ~1 s
 at batch 512 on 2 idle cores; the diagonal ridge of the 15-epoch digits grid
@@ -128,6 +129,7 @@ ROUNDING = 1e-6
 FIT_TARGET = 0.5
 SEARCH_TARGET = 0.7
 BASELINES = ("randomsearch", "bayesian")
+HALVING = {"factor": 2, "min_epochs": 2}
 # BatchTuner variants: name -> extra keyword arguments.
 VARIANTS = {
     "batchtune": {},
@@ -140,6 +142,12 @@ VARIANTS = {
     "batchtune lr_band=range_test": {"lr_band": "range_test"},
     "batchtune lr_band=range_test tolerance=0.005": {
         "lr_band": "range_test",
+        "tolerance": 0.005,
+    },
+    # Budgets of 2, 4 and 8 epochs: 12 trials reach the full budget twice.
+    "batchtune successive_halving": {"successive_halving": HALVING},
+    "batchtune successive_halving tolerance=0.005": {
+        "successive_halving": HALVING,
         "tolerance": 0.005,
     },
 }

@@ -10,6 +10,7 @@ from keras_tuner.engine import trial as trial_module
 
 from keras_batchtune import band as band_module
 from keras_batchtune import cluster
+from keras_batchtune import halving
 from keras_batchtune import project_files
 from keras_batchtune import ranking
 from keras_batchtune import space
@@ -32,6 +33,12 @@ REASON_MESSAGES = {
     OUT_OF_MEMORY_AT_BATCH_SIZE: "out of memory at batch {}",
     DIVERGED_AT_EPOCH: "diverged at epoch {}",
 }
+
+
+RUNG = "tuner/rung"
+"""The hyperparameter value holding a trial's successive-halving rung."""
+EPOCHS = "tuner/epochs"
+"""The hyperparameter value holding a trial's epochs (as Hyperband's)."""
 
 
 def failure_reason(trial):
@@ -114,6 +121,14 @@ class BatchSearchOracle(
     instead: every batch size stays proposable, and batches at or above the
     ceiling run with gradient accumulation.
 
+    With `successive_halving`, trials have budgets (asynchronous successive
+    halving, `keras_batchtune.halving`): a new configuration trains for the
+    smallest number of epochs (the value `tuner/epochs`, rung `tuner/rung`),
+    and whenever one of the best `1 / factor` of a rung's finished trials has
+    not been promoted yet, the next trial trains it again, from scratch, for
+    the next rung's epochs; the largest budget is `max_epochs` (the tuner sets
+    it from the search's `epochs`).
+
     With a `tolerance`, `get_best_trials` puts first the fastest trial
     (lowest `fit_seconds`) among those whose score is within `tolerance` of
     the best (see `keras_batchtune.ranking.preferred_order`).
@@ -136,6 +151,9 @@ class BatchSearchOracle(
         lr_hyperparameter: Optional name of the hyperparameter that is the
             base learning rate; by default the `Float` named
             `"learning_rate"` or `"lr"`.
+        successive_halving: None (default: every trial trains for the full
+            epochs), True, or a dict with `factor` (default 3) and
+            `min_epochs` (default 1).
         **kwargs: The arguments of `keras_tuner.oracles.RandomSearchOracle`.
     """
 
@@ -146,9 +164,15 @@ class BatchSearchOracle(
         tolerance=None,
         lr_band=None,
         lr_hyperparameter=None,
+        successive_halving=None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.successive_halving = halving.check_successive_halving(
+            successive_halving
+        )
+        # The full budget, in epochs: set by the tuner from `search(epochs=)`.
+        self.max_epochs = None
         self.lr_band = band_module.check_lr_band(lr_band)
         self.lr_hyperparameter = lr_hyperparameter
         # Set by the tuner: batch size -> LR multiplier of the coupling.
@@ -199,10 +223,73 @@ class BatchSearchOracle(
             self.save()
 
     def populate_space(self, trial_id):
+        budgets = self._rung_epochs()
+        if budgets:
+            promoted = self._promotion(budgets)
+            if promoted is not None:
+                return {
+                    "status": trial_module.TrialStatus.RUNNING,
+                    "values": promoted,
+                }
         response = self._populate_below_ceiling(trial_id)
-        if response.get("values") is not None and self.lr_band != "off":
-            self._sample_learning_rate_in_band(response["values"])
+        values = response.get("values")
+        if values is not None and self.lr_band != "off":
+            self._sample_learning_rate_in_band(values)
+        if values is not None and budgets:
+            values[RUNG] = 0
+            values[EPOCHS] = budgets[0]
         return response
+
+    # Successive halving (`successive_halving=`): rungs derived from the
+    # trials, so a resumed or distributed search keeps them.
+
+    def _rung_epochs(self):
+        if not self.successive_halving or not self.max_epochs:
+            return None
+        return halving.rung_epochs(
+            self.max_epochs,
+            min_epochs=self.successive_halving["min_epochs"],
+            factor=self.successive_halving["factor"],
+        )
+
+    def _promotion(self, budgets):
+        """The values of the next promoted trial, or None."""
+        rungs = [{} for _ in budgets]
+        configurations = {}
+        for trial in self.trials.values():
+            values = trial.hyperparameters.values
+            rung = values.get(RUNG)
+            if rung is None or not 0 <= rung < len(budgets):
+                continue
+            configuration = {
+                name: value
+                for name, value in values.items()
+                if not name.startswith("tuner/")
+            }
+            key = self._compute_values_hash(configuration)
+            configurations[key] = configuration
+            score = None
+            if trial.status == trial_module.TrialStatus.COMPLETED:
+                score = trial.score
+            batch_size = configuration.get(space.BATCH_SIZE)
+            if (
+                not self.accumulate
+                and self.batch_size_ceiling is not None
+                and batch_size is not None
+                and batch_size >= self.batch_size_ceiling
+            ):
+                score = None  # it would run out of memory again
+            if rungs[rung].get(key) is None:
+                rungs[rung][key] = score
+        found = halving.promotion(
+            rungs,
+            self.successive_halving["factor"],
+            self.objective.direction,
+        )
+        if found is None:
+            return None
+        key, rung = found
+        return {**configurations[key], RUNG: rung, EPOCHS: budgets[rung]}
 
     def _populate_below_ceiling(self, trial_id):
         batch_hp = self._batch_size_hyperparameter()
@@ -444,6 +531,7 @@ class BatchSearchOracle(
         # Read by reports; a tuner's own `tolerance` argument wins on reload.
         state["tolerance"] = self.tolerance
         state["range_test_learning_rate"] = self.range_test_learning_rate
+        state["max_epochs"] = self.max_epochs
         # Lets a report read the project without the tuner's arguments.
         state["objective"] = {
             "name": self.objective.name,
@@ -455,6 +543,7 @@ class BatchSearchOracle(
         super().set_state(state)
         self.batch_size_ceiling = state.get("batch_size_ceiling")
         self.range_test_learning_rate = state.get("range_test_learning_rate")
+        self.max_epochs = state.get("max_epochs")
 
     # Project files: written whole (a kill mid-write leaves the previous
     # version), and a damaged or missing one is named on reload.

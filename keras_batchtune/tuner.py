@@ -160,6 +160,17 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             for such trials before they leave. None waits for every
             worker forever, as KerasTuner does. Give every process the
             same value. Defaults to 60.
+        successive_halving: None (default: every trial trains for the
+            search's `epochs`, as RandomSearch), True, or a dict with
+            `factor` (integer >= 2, default 3) and `min_epochs` (integer
+            >= 1, default 1): asynchronous successive halving (ASHA). A new
+            configuration first trains for `min_epochs`; whenever one of the
+            best `1 / factor` of the finished trials of a budget has not been
+            promoted, the next trial trains it again for `factor` times as
+            many epochs, up to the search's `epochs`. Every trial of a budget
+            sees the same number of examples, so large batches are cheap
+            trials. `max_trials` counts every trial; the trial's budget is
+            its value `tuner/epochs`.
         **kwargs: The arguments of `keras_tuner.Tuner`: `directory`,
             `project_name`, `overwrite`, `executions_per_trial`,
             `distribution_strategy` (a `tf.distribute.Strategy`, see
@@ -171,7 +182,9 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             `min_batch_size > max_batch_size`, an unknown `lr_scaling`, a rule
             returning a value <= 0, a negative `warmup_epochs`, a
             `tolerance` that is not a number >= 0, an `lr_band` that is not
-            one of None, "off", "trials", "range_test", "both", or a global
+            one of None, "off", "trials", "range_test", "both", a
+            `successive_halving` that is not None, a boolean or a dict of
+            `factor` >= 2 and `min_epochs` >= 1, or a global
             `min_batch_size` smaller than the replica count; raised before
             anything is written to `directory`. A batch size that does not
             split evenly across the replicas (one registered by the
@@ -204,6 +217,7 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
         lr_band=None,
         lr_hyperparameter=None,
         worker_timeout=cluster.DEFAULT_WORKER_TIMEOUT,
+        successive_halving=None,
         **kwargs,
     ):
         lr_band = band.check_lr_band(lr_band)
@@ -265,6 +279,7 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             lr_band=lr_band,
             lr_hyperparameter=lr_hyperparameter,
             worker_timeout=worker_timeout,
+            successive_halving=successive_halving,
         )
         super().__init__(oracle, hypermodel, **kwargs)
         if self._is_worker() and oracle.worker_timeout is not None:
@@ -343,6 +358,10 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
         if self.probe_memory:
             self._probe_memory(fit_args, fit_kwargs)
         self._prepare_lr_band(fit_args, fit_kwargs)
+        if not self._is_worker() and self.oracle.successive_halving:
+            self.oracle.max_epochs = scaling.check_positive_int(
+                "epochs", fit_kwargs.get("epochs", 1)
+            )
         # KerasTuner runs two full garbage collections before each trial's
         # build; with TensorFlow loaded they scan some 400k long-lived objects
         # (~0.2 s each on 2 cores). Freezing the objects that exist before the
@@ -456,6 +475,9 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
     def _build_and_fit_model(self, trial, *args, **kwargs):
         hp = trial.hyperparameters
         kwargs["callbacks"] = self._trial_callbacks(kwargs.get("callbacks"))
+        if oracle_module.EPOCHS in hp.values:
+            # A successive-halving budget.
+            kwargs["epochs"] = hp.values[oracle_module.EPOCHS]
         while True:
             run = trial_fit.TrialFit(
                 batch_size=hp.values.get(space.BATCH_SIZE),

@@ -96,6 +96,7 @@ class LearningRateLog(keras.callbacks.Callback):
             {
                 "begin": float(self.model.optimizer.learning_rate),
                 "steps": self.params.get("steps"),
+                "epochs": self.params.get("epochs"),
             }
         )
 

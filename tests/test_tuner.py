@@ -10,6 +10,7 @@ from conftest import make_mlp
 
 import keras_batchtune
 from keras_batchtune import BatchTuner
+from keras_batchtune import halving
 
 
 def build_mlp(hp):
@@ -948,3 +949,82 @@ def test_bad_lr_band_is_refused_before_writing(tmp_path, kwargs, name):
             build_mlp, objective="val_accuracy", directory=directory, **kwargs
         )
     assert not directory.exists()
+
+
+def _replay_successive_halving(tuner_trials, budgets, factor):
+    """Checks each trial's rung against the rule applied to those before."""
+    ended = []
+    for trial in tuner_trials:
+        values = trial.hyperparameters.values
+        rungs = [{} for _ in budgets]
+        for earlier in ended:
+            earlier_values = earlier.hyperparameters.values
+            key = tuple(
+                sorted(
+                    (name, value)
+                    for name, value in earlier_values.items()
+                    if not name.startswith("tuner/")
+                )
+            )
+            score = earlier.score if earlier.status == "COMPLETED" else None
+            rungs[earlier_values["tuner/rung"]][key] = score
+        expected = halving.promotion(rungs, factor, "max")
+        rung = values["tuner/rung"]
+        assert values["tuner/epochs"] == budgets[rung]
+        if expected is None:
+            assert rung == 0
+        else:
+            key, expected_rung = expected
+            assert rung == expected_rung
+            assert key == tuple(
+                sorted(
+                    (name, value)
+                    for name, value in values.items()
+                    if not name.startswith("tuner/")
+                )
+            )
+        ended.append(trial)
+
+
+def test_successive_halving_promotes_the_best_with_more_epochs(
+    tmp_path, digits, lr_log
+):
+    def make_tuner(max_trials):
+        return BatchTuner(
+            build_mlp,
+            objective="val_accuracy",
+            max_trials=max_trials,
+            seed=3,
+            min_batch_size=32,
+            max_batch_size=256,
+            successive_halving={"factor": 2, "min_epochs": 1},
+            directory=tmp_path,
+            project_name="asha",
+        )
+
+    search(make_tuner(6), digits, epochs=4, callbacks=[lr_log])
+    # Resumed with more trials: the rungs are read back from the trials.
+    tuner = make_tuner(10)
+    search(tuner, digits, epochs=4, callbacks=[lr_log])
+    started = trials(tuner)
+    assert len(started) == 10
+    # Budgets 1, 2, 4 epochs; every trial trained for its own budget.
+    assert [entry["epochs"] for entry in lr_log.log] == [
+        trial.hyperparameters.values["tuner/epochs"] for trial in started
+    ]
+    rungs = [t.hyperparameters.values["tuner/rung"] for t in started]
+    assert max(rungs) == 2 and rungs.count(0) >= 4
+    _replay_successive_halving(started, (1, 2, 4), factor=2)
+    best = tuner.get_best_hyperparameters()[0]
+    assert best.values["tuner/epochs"] >= 2
+
+
+def test_successive_halving_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="successive_halving"):
+        BatchTuner(
+            build_mlp,
+            objective="val_accuracy",
+            successive_halving={"factor": 1},
+            directory=tmp_path,
+        )
+    assert not os.listdir(tmp_path)
