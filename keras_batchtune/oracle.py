@@ -518,12 +518,27 @@ class BatchSearchOracle(
             if trial.status == trial_module.TrialStatus.COMPLETED
         ]
         order = ranking.preferred_order(
-            [(trial.score, fit_seconds(trial)) for trial in completed],
+            [
+                (trial.score, self._full_budget_seconds(trial))
+                for trial in completed
+            ],
             self.tolerance,
             self.objective.direction,
         )
         ranked = [completed[index] for index in order]
         return (ranked + ordered[len(completed) :])[:num_trials]
+
+    def _full_budget_seconds(self, trial):
+        """A trial's `fit_seconds`, scaled to the full budget if halved.
+
+        Under successive halving a trial of fewer epochs is not a cheaper
+        configuration: its time is scaled by `max_epochs / tuner/epochs`.
+        """
+        seconds = fit_seconds(trial)
+        epochs = trial.hyperparameters.values.get(EPOCHS)
+        if seconds is None or not epochs or not self.max_epochs:
+            return seconds
+        return seconds * self.max_epochs / epochs
 
     def get_state(self):
         state = super().get_state()

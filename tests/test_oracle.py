@@ -282,3 +282,41 @@ def test_lr_band_needs_a_learning_rate_hyperparameter(tmp_path):
 def test_bad_lr_band(tmp_path, lr_band):
     with pytest.raises(ValueError, match="`lr_band` must be None, 'off'"):
         make_band_oracle(tmp_path, lr_band)
+
+
+def test_successive_halving_promotes_and_scales_costs(tmp_path):
+    oracle = make_oracle(
+        tmp_path,
+        successive_halving={"factor": 2, "min_epochs": 2},
+        tolerance=0.01,
+    )
+    oracle.max_epochs = 8
+    worse = finish(oracle, 0.50, seconds=1.0)
+    better = finish(oracle, 0.30, seconds=1.0)
+    values = {
+        trial_id: oracle.get_trial(trial_id).hyperparameters.values
+        for trial_id in (worse, better)
+    }
+    assert [v["tuner/epochs"] for v in values.values()] == [2, 2]
+    # 2 finished at 2 epochs: the better one is trained again for 4.
+    promoted = oracle.create_trial("tuner0")
+    promoted_values = promoted.hyperparameters.values
+    assert (promoted_values["tuner/rung"], promoted_values["tuner/epochs"]) == (
+        1,
+        4,
+    )
+    assert {
+        k: v for k, v in promoted_values.items() if not k.startswith("tuner/")
+    } == {k: v for k, v in values[better].items() if not k.startswith("tuner/")}
+    oracle.update_trial(
+        promoted.trial_id,
+        {"val_loss": 0.295, oracle_module.FIT_SECONDS: 1.5},
+    )
+    promoted.status = "COMPLETED"
+    oracle.end_trial(promoted)
+    # Within the tolerance, the 2-epoch trial took 1.0 s but stands for
+    # 4.0 s at the full 8 epochs; the 4-epoch one for 3.0 s: it is preferred.
+    assert oracle.get_best_trials()[0].trial_id == promoted.trial_id
+    # A new configuration starts on the smallest budget again.
+    fresh = oracle.create_trial("tuner0").hyperparameters.values
+    assert (fresh["tuner/rung"], fresh["tuner/epochs"]) == (0, 2)
