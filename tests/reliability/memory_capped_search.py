@@ -2,14 +2,19 @@
 
 Usage: `python memory_capped_search.py WORKDIR HEADROOM_MIB`.
 
-TensorFlow is imported and warmed up (a `fit` of the search's model at a
-small batch, which starts TensorFlow's thread pools), then the address
-space is capped with `resource.setrlimit(RLIMIT_AS)` at what the process
-uses plus `HEADROOM_MIB`. A trial at batch 16384 of the wide model needs
-several 64 MiB activations: TensorFlow's CPU allocator cannot get them and
-raises its own `ResourceExhaustedError` ("OOM when allocating tensor ...
-by allocator cpu"). Nothing is injected. The learning rate is a searched
-choice of 0.01, 0.03 and 1e6; the last diverges.
+TensorFlow is imported and warmed up (a one-trial search of the search's
+model at a small batch, which loads and starts what a trial needs), then the
+address space is capped with `resource.setrlimit(RLIMIT_AS)` at what the
+process uses plus `HEADROOM_MIB`. A trial at batch 65536 of the wide model
+asks first for a 256 MiB activation, more than the whole headroom:
+TensorFlow's CPU allocator cannot get it and raises its own
+`ResourceExhaustedError` ("OOM when allocating tensor ... by allocator
+cpu"), while the headroom is still free for every smaller allocation (a
+first activation that fitted would leave too little, and the next
+allocation to fail could be one outside TensorFlow's allocator, a C++
+`std::bad_alloc` that aborts the process). Nothing is injected. The
+learning rate is a searched choice of 0.01, 0.03 and 1e6; the last
+diverges.
 
 Prints one `EVENT {json}` line per trial begun, per trial error (with the
 error's cause) and per trial ended, and a `DONE {json}` line at the end.
@@ -30,7 +35,7 @@ import numpy as np  # noqa: E402
 import keras_batchtune  # noqa: E402
 
 WIDTH = 1024
-SMALL, LARGE = 32, 16384
+SMALL, LARGE = 32, 65536
 workdir, headroom_mib = sys.argv[1], int(sys.argv[2])
 
 
@@ -105,9 +110,27 @@ x = rng.random((LARGE + 256, 8)).astype("float32")
 y = (x[:, 0] > 0.5).astype("int32")
 hp = keras_tuner.HyperParameters()
 hp.Choice("batch_size", [SMALL, LARGE])
-warm = build(keras_tuner.HyperParameters())
-warm.fit(x[:256], y[:256], batch_size=SMALL, epochs=1, verbose=0)
-del warm
+# Warm-up: one small trial of a search, so that what a trial loads or starts
+# lazily (KerasTuner, the TensorBoard writer, tf.data and TensorFlow's
+# thread pools) exists before the cap. Under the cap, a library loaded late
+# or a thread started late could fail outside TensorFlow's allocator (a C++
+# `std::bad_alloc`, which aborts the process).
+warm_hp = keras_tuner.HyperParameters()
+warm_hp.Fixed("batch_size", SMALL)
+keras_batchtune.BatchTuner(
+    build,
+    objective="val_accuracy",
+    max_trials=1,
+    hyperparameters=warm_hp,
+    directory=os.path.join(workdir, "warm-up"),
+    overwrite=True,
+).search(
+    x[:256],
+    y[:256],
+    epochs=1,
+    validation_data=(x[LARGE:], y[LARGE:]),
+    verbose=0,
+)
 
 limit = virtual_memory_bytes() + headroom_mib * 2**20
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

@@ -2,7 +2,7 @@
 
 `memory_capped_search.py` caps its own address space
 (`resource.setrlimit(RLIMIT_AS)`) once TensorFlow is warmed up, so a trial
-at batch 16384 of a wide model really runs out of memory in TensorFlow's
+at batch 65536 of a wide model really runs out of memory in TensorFlow's
 CPU allocator: no layer injects the error. A trial with learning rate 1e6
 diverges. Seed 13 orders the four trials completed, out of memory,
 diverged, completed, so each failure is followed by another trial.
@@ -55,15 +55,15 @@ def test_search_goes_on_after_a_real_out_of_memory_and_a_divergence(
     assert order == ["0", "1", "2", "3"]
 
     out_of_memory = trials["1"]
-    assert out_of_memory["values"]["batch_size"] == 16384
+    assert out_of_memory["values"]["batch_size"] == 65536
     assert out_of_memory["status"] == "FAILED"
-    assert out_of_memory["message"] == "out of memory at batch 16384"
+    assert out_of_memory["message"] == "out of memory at batch 65536"
     (error,) = [e for e in events if e["kind"] == "error" and e["trial"] == "1"]
     # TensorFlow's own allocator failed, under the cap.
     assert error["cause"] == "ResourceExhaustedError"
     assert error["allocator"][0].startswith("OOM when allocating tensor")
     assert error["allocator"][0].endswith("by allocator cpu")
-    assert done["ceiling"] == 16384
+    assert done["ceiling"] == 65536
 
     diverged = trials["2"]
     assert diverged["values"]["learning_rate"] == 1e6
