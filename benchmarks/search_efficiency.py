@@ -327,16 +327,15 @@ def trial_record(trial):
 
 
 def chosen_record(tuner, records):
-    values = tuner.get_best_hyperparameters(1)[0].values
-    return next(
-        (
-            r
-            for r in records
-            if r["batch_size"] == values.get("batch_size")
-            and r["learning_rate"] == values.get("learning_rate")
-        ),
-        None,
-    )
+    """The record of the trial `get_best_hyperparameters()` comes from.
+
+    Matched by trial id: under successive halving one configuration has a
+    trial per budget, with different scores.
+    """
+    best = tuner.oracle.get_best_trials(1)
+    if not best:
+        return None
+    return next((r for r in records if r["trial_id"] == best[0].trial_id), None)
 
 
 def run_search_in_new_process(
