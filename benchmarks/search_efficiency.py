@@ -361,12 +361,17 @@ def _search_in_this_process(
     name, task_name, lr_range, batch_range, seed, trials, epochs
 ):
     task = TASKS[task_name]()
-    (x, y, _, _), build = task
-    # Untimed: the process's first fit also pays for TensorFlow's start-up.
-    build(0.01).fit(x, y, batch_size=batch_range[0], epochs=1, verbose=0)
-    keras.backend.clear_session()
+    warm_up(task, batch_range)
     gc.collect()
     return run_search(name, task, lr_range, batch_range, seed, trials, epochs)
+
+
+def warm_up(task, batch_range):
+    """One untimed fit: a process's first fit also pays TensorFlow's start-up,
+    which would otherwise fall on the first search timed in it."""
+    (x, y, _, _), build = task
+    build(0.01).fit(x, y, batch_size=batch_range[0], epochs=1, verbose=0)
+    keras.backend.clear_session()
 
 
 def run_search(name, task, lr_range, batch_range, seed, trials, epochs):
@@ -927,11 +932,9 @@ def main():
     )
     for task_name, grid in grids.items():
         print_grid(task_name, grid)
-    # One untimed fit first: the process's first fit also pays for
-    # TensorFlow's start-up, which would fall on the first search.
-    (x, y, _, _), build = next(iter(tasks.values()))
-    build(0.01).fit(x, y, batch_size=batch_range[0], epochs=1, verbose=0)
-    keras.backend.clear_session()
+    if args.in_process:
+        # Searches in new processes warm their own process up.
+        warm_up(next(iter(tasks.values())), batch_range)
     searches = [name for name in args.tuners if name not in DERIVED]
     runs, first_seed = [], 0
     if args.resume and output.exists():

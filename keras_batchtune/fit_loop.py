@@ -13,6 +13,8 @@ physical batch.
 
 import sys
 
+import keras
+
 MAX_DEPTH = 12
 """How many frames up the call stack to look."""
 
@@ -76,8 +78,6 @@ def set_steps_per_epoch(epoch_iterator, steps):
 
 def progress_bar_of(callback_list):
     """The `ProgbarLogger` of a `CallbackList`, or None."""
-    import keras
-
     for callback in getattr(callback_list, "callbacks", []):
         if isinstance(callback, keras.callbacks.ProgbarLogger):
             return callback

@@ -951,6 +951,17 @@ def test_bad_lr_band_is_refused_before_writing(tmp_path, kwargs, name):
     assert not directory.exists()
 
 
+def _configuration(values):
+    """A trial's values without the successive-halving ones, as a key."""
+    return tuple(
+        sorted(
+            (name, value)
+            for name, value in values.items()
+            if not name.startswith("tuner/")
+        )
+    )
+
+
 def _replay_successive_halving(tuner_trials, budgets, factor):
     """Checks each trial's rung against the rule applied to those before."""
     ended = []
@@ -959,15 +970,10 @@ def _replay_successive_halving(tuner_trials, budgets, factor):
         rungs = [{} for _ in budgets]
         for earlier in ended:
             earlier_values = earlier.hyperparameters.values
-            key = tuple(
-                sorted(
-                    (name, value)
-                    for name, value in earlier_values.items()
-                    if not name.startswith("tuner/")
-                )
-            )
             score = earlier.score if earlier.status == "COMPLETED" else None
-            rungs[earlier_values["tuner/rung"]][key] = score
+            rungs[earlier_values["tuner/rung"]][
+                _configuration(earlier_values)
+            ] = score
         expected = halving.promotion(rungs, factor, "max")
         rung = values["tuner/rung"]
         assert values["tuner/epochs"] == budgets[rung]
@@ -976,13 +982,7 @@ def _replay_successive_halving(tuner_trials, budgets, factor):
         else:
             key, expected_rung = expected
             assert rung == expected_rung
-            assert key == tuple(
-                sorted(
-                    (name, value)
-                    for name, value in values.items()
-                    if not name.startswith("tuner/")
-                )
-            )
+            assert key == _configuration(values)
         ended.append(trial)
 
 
