@@ -1,4 +1,5 @@
-"""Writing KerasTuner's best-epoch checkpoint once per `fit`, not per epoch."""
+"""KerasTuner's best-epoch checkpoint: written once per `fit`, read to resume.
+"""
 
 import keras
 
@@ -51,6 +52,40 @@ class DeferredBestEpochCheckpoint(keras.callbacks.Callback):
         self.save_best_epoch._save_model()
         self.model.set_weights(final_weights)
         self.best_weights = None
+
+
+class WarmStart(keras.callbacks.Callback):
+    """Loads a checkpoint into the model when `fit` begins.
+
+    Used for a successive-halving trial that continues the training of its
+    configuration's lower-rung trial, together with `fit(initial_epoch=)`.
+    The optimizer is built first (Keras's TensorFlow backend would build it
+    only when it traces the first step), so the file's optimizer state
+    (momentum, iterations) is restored with the weights instead of being
+    skipped with a warning.
+
+    Example:
+
+    ```python
+    model.fit(
+        x, y, initial_epoch=2, epochs=4,
+        callbacks=[WarmStart("trial_01/checkpoint.weights.h5")],
+    )
+    ```
+
+    Args:
+        filepath: A `.weights.h5` file written by `model.save_weights`.
+    """
+
+    def __init__(self, filepath):
+        super().__init__()
+        self.filepath = filepath
+
+    def on_train_begin(self, logs=None):
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built and self.model.built:
+            optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(self.filepath)
 
 
 def defer(callback):

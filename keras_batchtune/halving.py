@@ -9,6 +9,9 @@ promoted from the highest possible rung is promoted (top `1 / factor` of
 that rung's finished trials), and otherwise a new configuration starts on
 the smallest budget. Budgets are epochs, so every configuration of a rung
 sees the same number of examples, and larger batches make cheaper trials.
+A promoted trial can start from the weights its configuration reached on
+the lower rung and train only the epochs in between (as KerasTuner's
+Hyperband does), so a promotion costs the difference of the budgets.
 
 Pure Python: no TensorFlow.
 """
@@ -17,6 +20,7 @@ from keras_batchtune import scaling
 
 DEFAULT_FACTOR = 3
 DEFAULT_MIN_EPOCHS = 1
+DEFAULT_WARM_START = True
 
 
 def check_successive_halving(successive_halving):
@@ -25,17 +29,19 @@ def check_successive_halving(successive_halving):
     Example:
 
     ```python
-    check_successive_halving(True)  # {"factor": 3, "min_epochs": 1}
-    check_successive_halving({"factor": 2})  # {"factor": 2, "min_epochs": 1}
+    check_successive_halving(True)
+    # {"factor": 3, "min_epochs": 1, "warm_start": True}
+    check_successive_halving({"factor": 2, "warm_start": False})
+    # {"factor": 2, "min_epochs": 1, "warm_start": False}
     ```
 
     Args:
         successive_halving: None or False (off), True (the defaults), or a
-            dict with optional keys `factor` (integer >= 2) and
-            `min_epochs` (integer >= 1).
+            dict with optional keys `factor` (integer >= 2), `min_epochs`
+            (integer >= 1) and `warm_start` (bool).
 
     Returns:
-        None, or a dict with both keys.
+        None, or a dict with the three keys.
 
     Raises:
         ValueError: naming the argument and the allowed values.
@@ -47,11 +53,12 @@ def check_successive_halving(successive_halving):
     if not isinstance(successive_halving, dict) or set(successive_halving) - {
         "factor",
         "min_epochs",
+        "warm_start",
     }:
         raise ValueError(
             "`successive_halving` must be None, False, True or a dict with "
-            "the keys 'factor' (an integer >= 2) and 'min_epochs' (an "
-            "integer >= 1). Received: "
+            "the keys 'factor' (an integer >= 2), 'min_epochs' (an "
+            "integer >= 1) and 'warm_start' (a bool). Received: "
             f"successive_halving={successive_halving!r}"
         )
     factor = successive_halving.get("factor", DEFAULT_FACTOR)
@@ -63,7 +70,17 @@ def check_successive_halving(successive_halving):
             "`successive_halving['factor']` must be an integer >= 2. "
             f"Received: {factor}"
         )
-    return {"factor": int(factor), "min_epochs": int(min_epochs)}
+    warm_start = successive_halving.get("warm_start", DEFAULT_WARM_START)
+    if not isinstance(warm_start, bool):
+        raise ValueError(
+            "`successive_halving['warm_start']` must be True or False. "
+            f"Received: {warm_start!r}"
+        )
+    return {
+        "factor": int(factor),
+        "min_epochs": int(min_epochs),
+        "warm_start": warm_start,
+    }
 
 
 def rung_epochs(

@@ -39,6 +39,10 @@ RUNG = "tuner/rung"
 """The hyperparameter value holding a trial's successive-halving rung."""
 EPOCHS = "tuner/epochs"
 """The hyperparameter value holding a trial's epochs (as Hyperband's)."""
+INITIAL_EPOCH = "tuner/initial_epoch"
+"""The epoch a warm-started trial starts from (as Hyperband's)."""
+TRIAL_ID = "tuner/trial_id"
+"""The trial whose checkpoint a warm-started trial starts from."""
 
 
 def failure_reason(trial):
@@ -125,9 +129,12 @@ class BatchSearchOracle(
     halving, `keras_batchtune.halving`): a new configuration trains for the
     smallest number of epochs (the value `tuner/epochs`, rung `tuner/rung`),
     and whenever one of the best `1 / factor` of a rung's finished trials has
-    not been promoted yet, the next trial trains it again, from scratch, for
-    the next rung's epochs; the largest budget is `max_epochs` (the tuner sets
-    it from the search's `epochs`).
+    not been promoted yet, the next trial trains it for the next rung's
+    epochs; the largest budget is `max_epochs` (the tuner sets it from the
+    search's `epochs`). With `warm_start` (the default), the promoted trial
+    carries, as KerasTuner's Hyperband trials do, `tuner/trial_id` (the lower
+    rung's trial, whose checkpoint it starts from) and `tuner/initial_epoch`
+    (that rung's epochs); otherwise it trains from scratch.
 
     With a `tolerance`, `get_best_trials` puts first the fastest trial
     (lowest `fit_seconds`) among those whose score is within `tolerance` of
@@ -152,8 +159,8 @@ class BatchSearchOracle(
             base learning rate; by default the `Float` named
             `"learning_rate"` or `"lr"`.
         successive_halving: None (default: every trial trains for the full
-            epochs), True, or a dict with `factor` (default 3) and
-            `min_epochs` (default 1).
+            epochs), True, or a dict with `factor` (default 3), `min_epochs`
+            (default 1) and `warm_start` (default True).
         **kwargs: The arguments of `keras_tuner.oracles.RandomSearchOracle`.
     """
 
@@ -256,6 +263,7 @@ class BatchSearchOracle(
         """The values of the next promoted trial, or None."""
         rungs = [{} for _ in budgets]
         configurations = {}
+        completed_trial_ids = {}  # (rung, key) -> trial id
         for trial in self.trials.values():
             values = trial.hyperparameters.values
             rung = values.get(RUNG)
@@ -271,6 +279,7 @@ class BatchSearchOracle(
             score = None
             if trial.status == trial_module.TrialStatus.COMPLETED:
                 score = trial.score
+                completed_trial_ids[rung, key] = trial.trial_id
             batch_size = configuration.get(space.BATCH_SIZE)
             if (
                 not self.accumulate
@@ -289,7 +298,11 @@ class BatchSearchOracle(
         if found is None:
             return None
         key, rung = found
-        return {**configurations[key], RUNG: rung, EPOCHS: budgets[rung]}
+        values = {**configurations[key], RUNG: rung, EPOCHS: budgets[rung]}
+        if self.successive_halving["warm_start"]:
+            values[TRIAL_ID] = completed_trial_ids[rung - 1, key]
+            values[INITIAL_EPOCH] = budgets[rung - 1]
+        return values
 
     def _populate_below_ceiling(self, trial_id):
         batch_hp = self._batch_size_hyperparameter()
@@ -532,13 +545,16 @@ class BatchSearchOracle(
         """A trial's `fit_seconds`, scaled to the full budget if halved.
 
         Under successive halving a trial of fewer epochs is not a cheaper
-        configuration: its time is scaled by `max_epochs / tuner/epochs`.
+        configuration: its time is scaled by `max_epochs` over the epochs it
+        trained (`tuner/epochs`, less `tuner/initial_epoch` if warm-started).
         """
         seconds = fit_seconds(trial)
-        epochs = trial.hyperparameters.values.get(EPOCHS)
+        values = trial.hyperparameters.values
+        epochs = values.get(EPOCHS)
         if seconds is None or not epochs or not self.max_epochs:
             return seconds
-        return seconds * self.max_epochs / epochs
+        trained_epochs = epochs - values.get(INITIAL_EPOCH, 0)
+        return seconds * self.max_epochs / max(trained_epochs, 1)
 
     def get_state(self):
         state = super().get_state()

@@ -1,6 +1,7 @@
 """`BatchTuner`: random search over batch size, the learning rate coupled."""
 
 import gc
+import os
 import numbers
 import sys
 
@@ -162,15 +163,20 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             same value. Defaults to 60.
         successive_halving: None (default: every trial trains for the
             search's `epochs`, as RandomSearch), True, or a dict with
-            `factor` (integer >= 2, default 3) and `min_epochs` (integer
-            >= 1, default 1): asynchronous successive halving (ASHA). A new
-            configuration first trains for `min_epochs`; whenever one of the
-            best `1 / factor` of the finished trials of a budget has not been
-            promoted, the next trial trains it again for `factor` times as
-            many epochs, up to the search's `epochs`. Every trial of a budget
-            sees the same number of examples, so large batches are cheap
-            trials. `max_trials` counts every trial; the trial's budget is
-            its value `tuner/epochs`.
+            `factor` (integer >= 2, default 3), `min_epochs` (integer
+            >= 1, default 1) and `warm_start` (bool, default True):
+            asynchronous successive halving (ASHA). A new configuration
+            first trains for `min_epochs`; whenever one of the best
+            `1 / factor` of the finished trials of a budget has not been
+            promoted, the next trial trains it for `factor` times as many
+            epochs, up to the search's `epochs`. With `warm_start`, that
+            trial starts from the lower budget's checkpoint (weights and
+            optimizer state) and trains only the epochs in between, as
+            KerasTuner's Hyperband does; otherwise it starts from scratch.
+            Every trial of a budget sees the same number of examples, so
+            large batches are cheap trials. `max_trials` counts every trial;
+            the trial's budget is its value `tuner/epochs` (its start
+            `tuner/initial_epoch`, from the checkpoint of `tuner/trial_id`).
         **kwargs: The arguments of `keras_tuner.Tuner`: `directory`,
             `project_name`, `overwrite`, `executions_per_trial`,
             `distribution_strategy` (a `tf.distribute.Strategy`, see
@@ -184,8 +190,8 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             `tolerance` that is not a number >= 0, an `lr_band` that is not
             one of None, "off", "trials", "range_test", "both", a
             `successive_halving` that is not None, a boolean or a dict of
-            `factor` >= 2 and `min_epochs` >= 1, or a global
-            `min_batch_size` smaller than the replica count; raised before
+            `factor` >= 2, `min_epochs` >= 1 and a bool `warm_start`, or a
+            global `min_batch_size` smaller than the replica count; raised before
             anything is written to `directory`. A batch size that does not
             split evenly across the replicas (one registered by the
             hypermodel, or passed to `fit` by it) stops the search with a
@@ -478,6 +484,7 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
         if oracle_module.EPOCHS in hp.values:
             # A successive-halving budget.
             kwargs["epochs"] = hp.values[oracle_module.EPOCHS]
+            kwargs.update(self._warm_start_kwargs(hp, kwargs["callbacks"]))
         while True:
             run = trial_fit.TrialFit(
                 batch_size=hp.values.get(space.BATCH_SIZE),
@@ -535,6 +542,30 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             self._register_batch_size(hp)
             hp.values[space.BATCH_SIZE] = run.batch_size_used
         return _with_records(results, run.records(), self.oracle.objective)
+
+    def _warm_start_kwargs(self, hp, callbacks):
+        """`initial_epoch` and callbacks continuing a lower-rung trial.
+
+        Returns:
+            The `fit` arguments to update: none if the trial trains from
+            scratch (no `tuner/trial_id`, or that trial's checkpoint is
+            missing, which is said).
+        """
+        start_trial_id = hp.values.get(oracle_module.TRIAL_ID)
+        if start_trial_id is None:
+            return {}
+        filepath = self._get_checkpoint_fname(start_trial_id)
+        if not os.path.exists(filepath):
+            print(
+                f"BatchTuner: trial {start_trial_id}'s checkpoint {filepath} "
+                "is missing; this successive-halving trial trains from "
+                "scratch instead."
+            )
+            return {}
+        return {
+            "initial_epoch": hp.values[oracle_module.INITIAL_EPOCH],
+            "callbacks": [checkpoint.WarmStart(filepath)] + callbacks,
+        }
 
     def _trial_callbacks(self, callbacks):
         """Lightens two of KerasTuner's per-trial callbacks (same results).

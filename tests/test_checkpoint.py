@@ -39,3 +39,39 @@ def test_best_epoch_weights_are_written_once_at_the_end(tmp_path, digits):
 def test_other_callbacks_pass_through():
     callback = keras.callbacks.History()
     assert checkpoint.defer(callback) is callback
+
+
+def test_warm_start_restores_weights_and_optimizer_state(tmp_path, digits):
+    x, y, _, _ = digits
+    path = str(tmp_path / "start.weights.h5")
+    first = make_mlp(0.05)
+    first.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    first.save_weights(path)
+    seen = {}
+
+    class AtTrainBegin(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["weights"] = self.model.get_weights()
+            seen["iterations"] = int(self.model.optimizer.iterations)
+            seen["momentums"] = [
+                v.numpy() for v in self.model.optimizer.variables[2:]
+            ]
+
+    second = make_mlp(0.05)
+    second.fit(
+        x,
+        y,
+        batch_size=64,
+        initial_epoch=1,
+        epochs=2,
+        verbose=0,
+        callbacks=[checkpoint.WarmStart(path), AtTrainBegin()],
+    )
+    for started, saved in zip(seen["weights"], first.get_weights()):
+        np.testing.assert_array_equal(started, saved)
+    assert seen["iterations"] == int(first.optimizer.iterations) == 10
+    saved_momentums = [v.numpy() for v in first.optimizer.variables[2:]]
+    assert len(seen["momentums"]) == len(saved_momentums) > 0
+    for started, saved in zip(seen["momentums"], saved_momentums):
+        np.testing.assert_array_equal(started, saved)
+    assert int(second.optimizer.iterations) == 20

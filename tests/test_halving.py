@@ -48,9 +48,12 @@ def test_higher_rungs_first_and_min_direction():
     [
         (None, None),
         (False, None),
-        (True, {"factor": 3, "min_epochs": 1}),
-        ({"factor": 2}, {"factor": 2, "min_epochs": 1}),
-        ({"min_epochs": 2, "factor": 4}, {"factor": 4, "min_epochs": 2}),
+        (True, {"factor": 3, "min_epochs": 1, "warm_start": True}),
+        ({"factor": 2}, {"factor": 2, "min_epochs": 1, "warm_start": True}),
+        (
+            {"min_epochs": 2, "factor": 4, "warm_start": False},
+            {"factor": 4, "min_epochs": 2, "warm_start": False},
+        ),
     ],
 )
 def test_check_successive_halving(value, expected):
@@ -59,7 +62,16 @@ def test_check_successive_halving(value, expected):
 
 @pytest.mark.parametrize(
     "value",
-    ["yes", 3, {"factor": 1}, {"factor": 2.5}, {"min_epochs": 0}, {"eta": 3}],
+    [
+        "yes",
+        3,
+        {"factor": 1},
+        {"factor": 2.5},
+        {"min_epochs": 0},
+        {"eta": 3},
+        {"warm_start": "yes"},
+        {"warm_start": 1},
+    ],
 )
 def test_bad_successive_halving(value):
     with pytest.raises(ValueError, match="successive_halving"):

@@ -308,14 +308,18 @@ def test_successive_halving_promotes_and_scales_costs(tmp_path):
     assert {
         k: v for k, v in promoted_values.items() if not k.startswith("tuner/")
     } == {k: v for k, v in values[better].items() if not k.startswith("tuner/")}
+    # Warm-started (the default): from the 2-epoch trial's checkpoint.
+    assert promoted_values["tuner/trial_id"] == better
+    assert promoted_values["tuner/initial_epoch"] == 2
     oracle.update_trial(
         promoted.trial_id,
-        {"val_loss": 0.295, oracle_module.FIT_SECONDS: 1.5},
+        {"val_loss": 0.295, oracle_module.FIT_SECONDS: 0.9},
     )
     promoted.status = "COMPLETED"
     oracle.end_trial(promoted)
     # Within the tolerance, the 2-epoch trial took 1.0 s but stands for
-    # 4.0 s at the full 8 epochs; the 4-epoch one for 3.0 s: it is preferred.
+    # 4.0 s at the full 8 epochs; the promoted one trained epochs 3-4 in
+    # 0.9 s, so it stands for 3.6 s: it is preferred.
     assert oracle.get_best_trials()[0].trial_id == promoted.trial_id
     # A new configuration starts on the smallest budget again.
     fresh = oracle.create_trial("tuner0").hyperparameters.values

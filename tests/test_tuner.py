@@ -1,3 +1,4 @@
+import math
 import os
 
 import keras
@@ -1017,6 +1018,69 @@ def test_successive_halving_promotes_the_best_with_more_epochs(
     _replay_successive_halving(started, (1, 2, 4), factor=2)
     best = tuner.get_best_hyperparameters()[0]
     assert best.values["tuner/epochs"] >= 2
+
+
+class TrainingStartLog(keras.callbacks.Callback):
+    """Logs, per fit, the weights and optimizer step it starts from and the
+    epochs it runs (a class attribute: KerasTuner deep-copies callbacks)."""
+
+    log = []
+
+    def on_train_begin(self, logs=None):
+        TrainingStartLog.log.append(
+            {
+                "weights": self.model.get_weights(),
+                "iterations": int(self.model.optimizer.iterations),
+                "epochs": [],
+            }
+        )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        TrainingStartLog.log[-1]["epochs"].append(epoch)
+
+
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_successive_halving_promotion_continues_the_lower_trial(
+    tmp_path, digits, warm_start
+):
+    TrainingStartLog.log = []
+    tuner = BatchTuner(
+        build_mlp,
+        objective="val_accuracy",
+        max_trials=3,
+        seed=5,
+        min_batch_size=64,
+        max_batch_size=64,
+        successive_halving={
+            "factor": 2,
+            "min_epochs": 1,
+            "warm_start": warm_start,
+        },
+        directory=tmp_path,
+    )
+    search(tuner, digits, epochs=2, callbacks=[TrainingStartLog()])
+    first, second, promoted = trials(tuner)
+    values = promoted.hyperparameters.values
+    assert (values["tuner/rung"], values["tuner/epochs"]) == (1, 2)
+    lower = max((first, second), key=lambda trial: trial.score)
+    steps_per_epoch = math.ceil(len(digits[0]) / 64)
+    log = TrainingStartLog.log
+    # New configurations start from scratch.
+    assert log[0]["iterations"] == log[1]["iterations"] == 0
+    assert log[0]["epochs"] == log[1]["epochs"] == [0]
+    if not warm_start:
+        assert "tuner/trial_id" not in values
+        assert log[2]["iterations"] == 0 and log[2]["epochs"] == [0, 1]
+        return
+    assert values["tuner/trial_id"] == lower.trial_id
+    assert values["tuner/initial_epoch"] == 1
+    # It starts where the lower trial's checkpoint left off (weights and
+    # optimizer state) and trains only its second epoch.
+    checkpointed = tuner.load_model(lower).get_weights()
+    for started, saved in zip(log[2]["weights"], checkpointed):
+        np.testing.assert_array_equal(started, saved)
+    assert log[2]["iterations"] == steps_per_epoch
+    assert log[2]["epochs"] == [1]
 
 
 def test_successive_halving_is_checked(tmp_path):
