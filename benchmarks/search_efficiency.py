@@ -1,9 +1,11 @@
 """Benchmark: how well and how cheaply each tuner finds a (batch, LR) pair.
 
 `keras_batchtune.BatchTuner` (plain coupling, and the variants
-`lr_band="trials"`, `lr_band="range_test"` and
+`lr_band="trials"`, `lr_band="range_test"`,
 `successive_halving={"factor": 2, "min_epochs": 2}` (trials of 2, 4 and 8
-epochs), each with and without `tolerance=0.005`) against
+epochs), `successive_halving={"factor": 2, "min_epochs": 4}` (4 and 8
+epochs; named `min_epochs=4`), and `lr_band="range_test"` with the latter,
+each with and without `tolerance=0.005`; promotions warm-start) against
 KerasTuner's `RandomSearch` and `BayesianOptimization` over independent
 (batch size, learning rate), with the same `max_trials`, epochs, search data
 and validation split.
@@ -71,8 +73,10 @@ its own: the project of the same variant without it (plain, `lr_band=
 `get_best_hyperparameters()` gives its pick; its trials and search seconds
 are those of that search.
 
-Budget: 2 tasks x 2 regimes x 5 seeds x 6 searches x 12 trials = 1,440
-trials must fit in about 40 minutes on 2 idle cores, about 2 s per trial.
+Budget: 2 tasks x 2 regimes x 5 seeds x 8 searches (the tolerance
+variants are free) x 12 trials = 1,920 trials, about an hour on 2 idle cores
+with every search in a fresh process; the successive-halving searches cost
+about half of a full-budget one.
 Hence 8 epochs (an 8-epoch fit on digits takes ~2.5 s at batch 16 and ~1 s
 at batch 512 on 2 idle cores; the diagonal ridge of the 15-epoch digits grid
 is already there at 8 epochs, best 0.986) and a batch range starting at 16
@@ -84,7 +88,7 @@ nothing.
 Usage:
 
 ```
-python benchmarks/search_efficiency.py            # full run (~40 min)
+python benchmarks/search_efficiency.py            # full run (~1 h)
 python benchmarks/search_efficiency.py --quick    # smoke test (~30 s)
 python benchmarks/search_efficiency.py --seeds 2 --tasks digits  # partial
 python benchmarks/search_efficiency.py --markdown RESULTS.json  # README table
@@ -131,6 +135,7 @@ FIT_TARGET = 0.5
 SEARCH_TARGET = 0.7
 BASELINES = ("randomsearch", "bayesian")
 HALVING = {"factor": 2, "min_epochs": 2}
+HALVING_ONCE = {"factor": 2, "min_epochs": 4}
 # BatchTuner variants: name -> extra keyword arguments.
 VARIANTS = {
     "batchtune": {},
@@ -145,10 +150,31 @@ VARIANTS = {
         "lr_band": "range_test",
         "tolerance": 0.005,
     },
-    # Budgets of 2, 4 and 8 epochs: 12 trials reach the full budget twice.
+    # Budgets of 2, 4 and 8 epochs: 12 trials train 7 configurations, 1 or
+    # 2 of them for the full budget. Promotions warm-start (the default).
     "batchtune successive_halving": {"successive_halving": HALVING},
     "batchtune successive_halving tolerance=0.005": {
         "successive_halving": HALVING,
+        "tolerance": 0.005,
+    },
+    # Budgets of 4 and 8 epochs: 12 trials train 8 configurations, the best
+    # 4 of them (at 4 epochs) continued to 8.
+    "batchtune successive_halving min_epochs=4": {
+        "successive_halving": HALVING_ONCE
+    },
+    "batchtune successive_halving min_epochs=4 tolerance=0.005": {
+        "successive_halving": HALVING_ONCE,
+        "tolerance": 0.005,
+    },
+    # The band from a range test, and the cost cut of successive halving.
+    "batchtune lr_band=range_test successive_halving min_epochs=4": {
+        "lr_band": "range_test",
+        "successive_halving": HALVING_ONCE,
+    },
+    "batchtune lr_band=range_test successive_halving min_epochs=4 "
+    "tolerance=0.005": {
+        "lr_band": "range_test",
+        "successive_halving": HALVING_ONCE,
         "tolerance": 0.005,
     },
 }

@@ -1,5 +1,4 @@
-"""KerasTuner's best-epoch checkpoint: written once per `fit`, read to resume.
-"""
+"""KerasTuner's best-epoch checkpoint: written once per fit, read to resume."""
 
 import keras
 

@@ -1,8 +1,8 @@
 """`BatchTuner`: random search over batch size, the learning rate coupled."""
 
 import gc
-import os
 import numbers
+import os
 import sys
 
 import keras
@@ -191,9 +191,9 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             one of None, "off", "trials", "range_test", "both", a
             `successive_halving` that is not None, a boolean or a dict of
             `factor` >= 2, `min_epochs` >= 1 and a bool `warm_start`, or a
-            global `min_batch_size` smaller than the replica count; raised before
-            anything is written to `directory`. A batch size that does not
-            split evenly across the replicas (one registered by the
+            global `min_batch_size` smaller than the replica count; raised
+            before anything is written to `directory`. A batch size that
+            does not split evenly across the replicas (one registered by the
             hypermodel, or passed to `fit` by it) stops the search with a
             `ValueError` at its first trial.
     """
