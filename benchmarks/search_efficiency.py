@@ -136,55 +136,33 @@ SEARCH_TARGET = 0.7
 BASELINES = ("randomsearch", "bayesian")
 HALVING = {"factor": 2, "min_epochs": 2}
 HALVING_ONCE = {"factor": 2, "min_epochs": 4}
-# BatchTuner variants: name -> extra keyword arguments.
-VARIANTS = {
+# BatchTuner searches: name -> extra keyword arguments.
+SEARCHES = {
     "batchtune": {},
-    "batchtune tolerance=0.005": {"tolerance": 0.005},
     "batchtune lr_band=trials": {"lr_band": "trials"},
-    "batchtune lr_band=trials tolerance=0.005": {
-        "lr_band": "trials",
-        "tolerance": 0.005,
-    },
     "batchtune lr_band=range_test": {"lr_band": "range_test"},
-    "batchtune lr_band=range_test tolerance=0.005": {
-        "lr_band": "range_test",
-        "tolerance": 0.005,
-    },
     # Budgets of 2, 4 and 8 epochs: 12 trials train 7 configurations, 1 or
     # 2 of them for the full budget. Promotions warm-start (the default).
     "batchtune successive_halving": {"successive_halving": HALVING},
-    "batchtune successive_halving tolerance=0.005": {
-        "successive_halving": HALVING,
-        "tolerance": 0.005,
-    },
     # Budgets of 4 and 8 epochs: 12 trials train 8 configurations, the best
     # 4 of them (at 4 epochs) continued to 8.
     "batchtune successive_halving min_epochs=4": {
         "successive_halving": HALVING_ONCE
-    },
-    "batchtune successive_halving min_epochs=4 tolerance=0.005": {
-        "successive_halving": HALVING_ONCE,
-        "tolerance": 0.005,
     },
     # The band from a range test, and the cost cut of successive halving.
     "batchtune lr_band=range_test successive_halving min_epochs=4": {
         "lr_band": "range_test",
         "successive_halving": HALVING_ONCE,
     },
-    "batchtune lr_band=range_test successive_halving min_epochs=4 "
-    "tolerance=0.005": {
-        "lr_band": "range_test",
-        "successive_halving": HALVING_ONCE,
-        "tolerance": 0.005,
-    },
 }
+# BatchTuner variants: each search, then the same with `tolerance=0.005`.
+VARIANTS = {}
+for _name, _extra in SEARCHES.items():
+    VARIANTS[_name] = _extra
+    VARIANTS[_name + " tolerance=0.005"] = {**_extra, "tolerance": 0.005}
 # `tolerance` only reorders what `get_best_*` return, not what is sampled:
 # such a variant is its parent's search, reloaded with the keyword.
-DERIVED = {
-    name: name.replace(" tolerance=0.005", "")
-    for name in VARIANTS
-    if name.endswith(" tolerance=0.005")
-}
+DERIVED = {name + " tolerance=0.005": name for name in SEARCHES}
 TUNERS = BASELINES + tuple(VARIANTS)
 
 
