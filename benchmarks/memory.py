@@ -1,17 +1,21 @@
-"""Benchmark: probes and seconds `find_max_batch_size` spends.
+"""Benchmark: probes and seconds `find_max_batch_size` spends, per backend.
 
 On CPU there is no memory ceiling to hit with a small model, so the limit is
-injected: a layer asks TensorFlow's allocator for a tensor of at least 4 TiB
-when the batch exceeds `--limit`, and the allocator raises its real
-`ResourceExhaustedError`. For each mode the script reports the probes run,
-how many failed, the seconds they took, the batch size found, and the
-probes against the power search's bound `ceil(log2(max / start)) + 1`.
+injected: above `--limit` examples a layer asks the backend's allocator for
+a tensor of at least 8 TiB, and the allocator raises its real error
+(`tests/backend_faults.py`): TensorFlow's `ResourceExhaustedError`, JAX's
+`RESOURCE_EXHAUSTED` `JaxRuntimeError`, PyTorch's CPU allocator
+`RuntimeError`. For each mode the script reports the probes run, how many
+failed, the seconds they took, the batch size found, and the probes against
+the power search's bound `ceil(log2(max / start)) + 1`. The backend is
+`KERAS_BACKEND`'s (TensorFlow by default).
 
 Usage:
 
 ```
 python benchmarks/memory.py            # limits 100, 1000, 3000
 python benchmarks/memory.py --quick    # smoke test, no timing assertions
+KERAS_BACKEND=jax python benchmarks/memory.py --quick
 ```
 """
 
@@ -23,6 +27,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
+import importlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import pathlib  # noqa: E402
@@ -32,10 +37,13 @@ import tempfile  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import backend_faults  # noqa: E402
 
 import keras_batchtune  # noqa: E402
 
@@ -50,11 +58,10 @@ class MemoryLimit(keras.layers.Layer):
         self.max_batch_size = max_batch_size
 
     def call(self, inputs):
-        rows = tf.maximum(tf.shape(inputs)[0] - self.max_batch_size, 0)
-        impossible = tf.fill(
-            tf.stack([rows * (1 << 20), 1 << 20]), inputs[0, 0]
-        )
-        return inputs + 0.0 * tf.reduce_sum(impossible)
+        return backend_faults.allocate_above(inputs, self.max_batch_size)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
 
 def build_model(limit):
@@ -94,6 +101,12 @@ def measure(limit, mode, start, max_batch_size, data):
     }
 
 
+def backend_version():
+    """The version of the framework under the configured Keras backend."""
+    module = importlib.import_module(keras.config.backend())
+    return module.__version__
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -102,7 +115,11 @@ def main(argv=None):
     )
     parser.add_argument("--start", type=int, default=1)
     parser.add_argument("--max-batch-size", type=int, default=8192)
-    parser.add_argument("--output", default=None)
+    parser.add_argument(
+        "--output",
+        default=None,
+        help=f"JSON output path (default {RESULTS}/memory_<backend>.json).",
+    )
     args = parser.parse_args(argv)
     limits = [100] if args.quick else args.limits
     max_batch_size = 512 if args.quick else args.max_batch_size
@@ -111,7 +128,7 @@ def main(argv=None):
         or (
             pathlib.Path(tempfile.gettempdir()) / "memory_quick.json"
             if args.quick
-            else RESULTS / "memory.json"
+            else RESULTS / f"memory_{keras.config.backend()}.json"
         )
     )
     digits = load_digits()
@@ -126,8 +143,9 @@ def main(argv=None):
         f"{'failed':>6} {'bound':>6} {'seconds':>8}"
     )
     print(
-        f"find_max_batch_size on CPU, start={args.start}, "
-        f"max_batch_size={max_batch_size}, {os.cpu_count()} CPUs"
+        f"find_max_batch_size on CPU, backend {keras.config.backend()}, "
+        f"start={args.start}, max_batch_size={max_batch_size}, "
+        f"{os.cpu_count()} CPUs"
     )
     print(header)
     print("-" * len(header))
@@ -146,8 +164,9 @@ def main(argv=None):
                     "cpus": os.cpu_count(),
                     "platform": platform.platform(),
                 },
+                "backend": keras.config.backend(),
                 "versions": {
-                    "tensorflow": tf.__version__,
+                    "backend": backend_version(),
                     "keras": keras.__version__,
                     "numpy": np.__version__,
                 },

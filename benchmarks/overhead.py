@@ -24,35 +24,58 @@ after one discarded warm-up round. Reported, as medians of per-round ratios:
 - (d) `randomsearch` trial / `plain` build+compile+fit: KerasTuner's own
   per-trial cost, for reference.
 
+It runs on the Keras backend given by `--backend` (default: `KERAS_BACKEND`,
+else TensorFlow), set before Keras is imported. On JAX it also counts the XLA
+compilations of a search (`--compile-trials`, 12 by default): a new batch
+shape is a new compilation of the train (and test) step, so the count is
+reported beside the number of distinct batch sizes, for `BatchTuner` and for
+`keras_tuner.RandomSearch` searching the batch size in `HyperModel.fit`
+(compilations counted with `jax.monitoring`'s compile events, by function).
+
 A table is printed and the raw timings are written as JSON (by default to
-`benchmarks/results/overhead.json`; with `--quick`, to the system temp folder).
+`benchmarks/results/overhead_<backend>.json`; with `--quick`, to the system
+temp folder).
 
 Usage:
 
 ```
-python benchmarks/overhead.py            # full run, a few minutes on 2 cores
-python benchmarks/overhead.py --quick    # smoke test, no timing assertions
+python benchmarks/overhead.py                  # TensorFlow, a few minutes
+python benchmarks/overhead.py --backend jax    # JAX, with the compile count
+python benchmarks/overhead.py --quick          # smoke test, no assertions
 ```
 """
 
+import argparse
 import os
+import sys
 
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def _select_backend(argv):
+    """Sets `KERAS_BACKEND` from `--backend` before Keras is imported."""
+    pre_parser = argparse.ArgumentParser(add_help=False)
+    pre_parser.add_argument("--backend", choices=BACKENDS, default=None)
+    known, _ = pre_parser.parse_known_args(argv)
+    if known.backend:
+        os.environ["KERAS_BACKEND"] = known.backend
+
+
+_select_backend(sys.argv[1:])
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import argparse  # noqa: E402
+import collections  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import pathlib  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import keras  # noqa: E402
 import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
@@ -61,7 +84,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import keras_batchtune  # noqa: E402
 from keras_batchtune import trial_fit  # noqa: E402
 
-DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "overhead.json"
+RESULTS = pathlib.Path(__file__).parent / "results"
 OBJECTIVE = "val_accuracy"
 TARGET_RATIO = 1.03
 SIDES = ("plain", "batchtune", "randomsearch")
@@ -106,6 +129,19 @@ def parse_args(argv=None):
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="Keras backend (default: KERAS_BACKEND, else tensorflow).",
+    )
+    parser.add_argument(
+        "--compile-trials",
+        type=int,
+        default=None,
+        help="Trials of the searches whose XLA compilations are counted "
+        "(JAX only; default 12; 3 with --quick; 0 skips).",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="Smoke test: 1 round of 2 epochs; output to the temp folder.",
@@ -137,18 +173,21 @@ def parse_args(argv=None):
         "--output",
         type=pathlib.Path,
         default=None,
-        help=f"JSON output path (default {DEFAULT_OUTPUT}).",
+        help=f"JSON output path (default {RESULTS}/overhead_<backend>.json).",
     )
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 20
     if args.epochs is None:
         args.epochs = 2 if args.quick else 10
+    if args.compile_trials is None:
+        args.compile_trials = 3 if args.quick else 12
+    args.backend = keras.config.backend()
     if args.output is None:
         args.output = (
             pathlib.Path(tempfile.gettempdir()) / "overhead_quick.json"
             if args.quick
-            else DEFAULT_OUTPUT
+            else RESULTS / f"overhead_{args.backend}.json"
         )
     for name in ("repeats", "epochs", "batch_size"):
         if getattr(args, name) < 1:
@@ -429,7 +468,8 @@ def format_table(summary, args):
         A string.
     """
     lines = [
-        f"overhead: MLP 64-128-10 on digits, batch {args.batch_size}, "
+        f"overhead ({args.backend}): MLP 64-128-10 on digits, "
+        f"batch {args.batch_size}, "
         f"lr {args.learning_rate}, {args.epochs} epochs, "
         f"{args.repeats} rounds (+1 warm-up), {os.cpu_count()} CPUs",
         "",
@@ -480,6 +520,125 @@ def write_json(path, report):
     os.replace(temporary_path, path)
 
 
+def framework_version(backend):
+    """The installed version of the backend's framework, read off its wheel.
+
+    Args:
+        backend: A Keras backend name.
+
+    Returns:
+        A version string.
+    """
+    from importlib import metadata
+
+    return metadata.version({"jax": "jaxlib"}.get(backend, backend))
+
+
+# Compilations by function name, while `count_compilations` listens.
+_COMPILATIONS = collections.Counter()
+_LISTENING = [False]
+
+
+def _on_jax_event(event, duration_secs, **kwargs):
+    if _LISTENING[0] and event.endswith("backend_compile_duration"):
+        _COMPILATIONS[kwargs.get("fun_name", "?")] += 1
+
+
+def count_compilations(data, args, workdir):
+    """Counts the XLA compilations of a BatchTuner and a RandomSearch search.
+
+    Both search `batch_size` in [16, 512] (powers of two) and the learning
+    rate, for `args.compile_trials` trials of `args.epochs` epochs.
+
+    Args:
+        data: What `load_data` returned.
+        args: The parsed flags.
+        workdir: String, the folder for the tuners' files.
+
+    Returns:
+        A dict per tuner: trials, distinct batch sizes, and compilations of
+        `train_step`, `test_step` and of everything else.
+    """
+    import jax
+
+    jax.monitoring.register_event_duration_secs_listener(_on_jax_event)
+    x_train, y_train, x_val, y_val = data
+    build_model = make_build_model(args.learning_rate, args.seed)
+
+    class SearchedBatch(keras_tuner.HyperModel):
+        def build(self, hp):
+            return build_model(hp)
+
+        def fit(self, hp, model, *fit_args, **fit_kwargs):
+            batch_size = hp.Choice("batch_size", [16, 32, 64, 128, 256, 512])
+            return model.fit(*fit_args, batch_size=batch_size, **fit_kwargs)
+
+    common = dict(
+        objective=OBJECTIVE,
+        max_trials=args.compile_trials,
+        seed=args.seed,
+        directory=workdir,
+        overwrite=True,
+    )
+    tuners = {
+        "batchtune": keras_batchtune.BatchTuner(
+            build_model,
+            min_batch_size=16,
+            max_batch_size=512,
+            project_name="batchtune",
+            **common,
+        ),
+        "randomsearch": keras_tuner.RandomSearch(
+            SearchedBatch(), project_name="randomsearch", **common
+        ),
+    }
+    counts = {}
+    for name, tuner in tuners.items():
+        reset_state(args.seed)
+        _COMPILATIONS.clear()
+        _LISTENING[0] = True
+        try:
+            tuner.search(
+                x_train,
+                y_train,
+                epochs=args.epochs,
+                validation_data=(x_val, y_val),
+                verbose=0,
+            )
+        finally:
+            _LISTENING[0] = False
+        sizes = [
+            t.hyperparameters.values.get("batch_size")
+            for t in tuner.oracle.trials.values()
+        ]
+        steps = ("jit(train_step)", "jit(test_step)")
+        counts[name] = {
+            "trials": len(sizes),
+            "distinct_batch_sizes": len(set(sizes)),
+            "batch_sizes": sorted(s for s in sizes if s is not None),
+            "train_step": _COMPILATIONS["jit(train_step)"],
+            "test_step": _COMPILATIONS["jit(test_step)"],
+            "other": sum(n for f, n in _COMPILATIONS.items() if f not in steps),
+        }
+    return counts
+
+
+def format_compilations(compilations):
+    """Formats what `count_compilations` returned as a text table."""
+    lines = [
+        "XLA compilations of a search (JAX)",
+        f"{'tuner':<13} {'trials':>6} {'batches':>7} {'train':>6} "
+        f"{'test':>5} {'other':>5}",
+    ]
+    for name, count in compilations.items():
+        lines.append(
+            f"{name:<13} {count['trials']:>6} "
+            f"{count['distinct_batch_sizes']:>7} {count['train_step']:>6} "
+            f"{count['test_step']:>5} {count['other']:>5}"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None):
     """Runs the benchmark, prints the table and writes the JSON report."""
     args = parse_args(argv)
@@ -491,6 +650,12 @@ def main(argv=None):
     warmup_round, measured_rounds = rounds[0], rounds[1:]
     summary = summarize(measured_rounds)
     print(format_table(summary, args))
+    compilations = None
+    if args.backend == "jax" and args.compile_trials > 0:
+        with tempfile.TemporaryDirectory(prefix="batchtune_xla_") as workdir:
+            compilations = count_compilations(data, args, workdir)
+        print()
+        print(format_compilations(compilations))
     report = {
         "benchmark": "overhead",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -500,8 +665,9 @@ def main(argv=None):
             "processor": platform.processor(),
             "python": platform.python_version(),
         },
+        "backend": args.backend,
         "versions": {
-            "tensorflow": tf.__version__,
+            args.backend: framework_version(args.backend),
             "keras": keras.__version__,
             "keras_tuner": keras_tuner.__version__,
             "keras_batchtune": keras_batchtune.__version__,
@@ -512,6 +678,7 @@ def main(argv=None):
         },
         "target_ratio_a": TARGET_RATIO,
         "summary": summary,
+        "compilations": compilations,
         "warmup_round": warmup_round,
         "rounds": measured_rounds,
     }

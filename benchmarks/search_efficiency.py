@@ -91,7 +91,7 @@ Usage:
 python benchmarks/search_efficiency.py            # full run (~1 h)
 python benchmarks/search_efficiency.py --quick    # smoke test (~30 s)
 python benchmarks/search_efficiency.py --seeds 2 --tasks digits  # partial
-python benchmarks/search_efficiency.py --markdown RESULTS.json  # README table
+python benchmarks/search_efficiency.py --markdown RESULTS.json  # docs table
 ```
 """
 
@@ -792,7 +792,7 @@ def target_label(key):
 
 
 def markdown(result):
-    """The README's results table, from a results JSON."""
+    """The results table of docs/benchmarks.md, from a results JSON."""
     checkpoints = [
         int(key.rsplit("_", 1)[1])
         for key in next(
@@ -891,7 +891,7 @@ def main():
     parser.add_argument(
         "--markdown",
         metavar="RESULTS_JSON",
-        help="print the README table of a results file and exit",
+        help="print the docs/benchmarks.md table of a results file and exit",
     )
     args = parser.parse_args()
     if args.markdown:

@@ -6,11 +6,16 @@ at every epoch end and moves the batch toward it, scaling the learning rate
 linearly. The per-epoch batch size, learning rate and noise scale are in the
 history (and in TensorBoard or a CSVLogger listed after the callback).
 
+Runs on every Keras backend, TensorFlow not needed on JAX or PyTorch; the
+batch grows physically (bigger batches from the input) on one device.
+
 Usage:
 
 ```
-python examples/dynamic_batch.py [--policy noise_scale|plateau|schedule|goodput]
+KERAS_BACKEND=jax python examples/dynamic_batch.py [--policy POLICY]
 ```
+
+(POLICY: noise_scale, plateau, schedule or goodput.)
 """
 
 import argparse
@@ -65,7 +70,12 @@ def main():
         callbacks=[callback],
         verbose=2,
     )
+    print("backend:", keras.config.backend())
     print("batch size per epoch:", history.history["batch_size"])
+    print(
+        "physical batch size per epoch:",
+        history.history["physical_batch_size"],
+    )
     print(
         "learning rate per epoch:",
         [round(v, 4) for v in history.history["learning_rate"]],

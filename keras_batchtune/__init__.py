@@ -1,11 +1,14 @@
 """keras_batchtune: batch size as a first-class, LR-coupled hyperparameter."""
 
+from keras_batchtune.bayesian import BatchBayesianOptimization
 from keras_batchtune.callbacks import DynamicBatchSize
 from keras_batchtune.coupling import ScaledLearningRate
 from keras_batchtune.coupling import couple_learning_rate
 from keras_batchtune.distribute import patch_for_multi_worker
+from keras_batchtune.distribute import resolve_distribution
 from keras_batchtune.distribute import resolve_strategy
 from keras_batchtune.gradients import gradient_noise_scale
+from keras_batchtune.hyperband import BatchHyperband
 from keras_batchtune.lr_finder import LearningRateFinderResult
 from keras_batchtune.lr_finder import find_learning_rate
 from keras_batchtune.memory import BatchSizeSearchResult
@@ -28,11 +31,14 @@ from keras_batchtune.resizable_data import resizable
 from keras_batchtune.scaling import LR_SCALING_RULES
 from keras_batchtune.scaling import scale_learning_rate
 from keras_batchtune.space import batch_size_grid
+from keras_batchtune.tensorboard import TensorBoard
 from keras_batchtune.tuner import BatchTuner
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchBayesianOptimization",
+    "BatchHyperband",
     "BatchSizeSearchResult",
     "BatchTuner",
     "Decision",
@@ -48,6 +54,7 @@ __all__ = [
     "ResizableData",
     "ResizePolicy",
     "SchedulePolicy",
+    "TensorBoard",
     "estimate_noise_scale",
     "find_learning_rate",
     "find_max_batch_size",
@@ -55,6 +62,7 @@ __all__ = [
     "gradient_noise_scale",
     "patch_for_multi_worker",
     "plot_search",
+    "resolve_distribution",
     "resolve_strategy",
     "resizable",
     "LR_SCALING_RULES",

@@ -9,18 +9,41 @@ schedules) jump. `set_accumulation_steps` re-indexes the counter instead:
 after it, `iterations` still counts the updates done and a partly
 accumulated group is completed with the new `k`.
 
-Written with `keras.ops` only.
+Written with `keras.ops` only; runs on every backend (on JAX the train
+function must be rebuilt after a change, `model.make_train_function(force=
+True)`, as on TensorFlow; PyTorch's eager step reads the setting at each
+step). Keras's private optimizer attributes are reached through
+`keras_batchtune.backend.keras_internals`.
 """
 
 import contextlib
 
 import keras
 
+from keras_batchtune import backend
+from keras_batchtune import distribute
 from keras_batchtune import scaling
+from keras_batchtune.backend import keras_internals
 
 
-def _strategy_scope(model):
-    strategy = getattr(model, "distribute_strategy", None)
+def strategy_scope(model):
+    """The scope to create a model's variables in.
+
+    Example:
+
+    ```python
+    with strategy_scope(model):
+        variable = model.optimizer.add_variable((4,), name="extra")
+    ```
+
+    Args:
+        model: A Keras model.
+
+    Returns:
+        Its `tf.distribute` strategy's scope on TensorFlow; elsewhere, or
+        without a strategy, a context that does nothing.
+    """
+    strategy = distribute.model_strategy(model)
     if strategy is None:
         return contextlib.nullcontext()
     return strategy.scope()
@@ -73,16 +96,18 @@ def prepare(model):
             "The model must be compiled with a `keras.optimizers.Optimizer` "
             f"before its batch size can be resized. Received: {optimizer!r}"
         )
-    with _strategy_scope(model):
+    with strategy_scope(model):
         if not optimizer.built:
             optimizer.build(model.trainable_variables)
-        if not getattr(optimizer, "_accumulated_gradients", None):
-            optimizer._accumulated_gradients = [
+        if not keras_internals.accumulated_gradients(optimizer):
+            variables = keras_internals.optimizer_trainable_variables(optimizer)
+            accumulators = [
                 optimizer.add_variable_from_reference(
                     variable, name="gradient_accumulator"
                 )
-                for variable in optimizer._trainable_variables
+                for variable in variables
             ]
+            keras_internals.set_accumulated_gradients(optimizer, accumulators)
     make_replica_safe(model)
 
 
@@ -91,8 +116,8 @@ def make_replica_safe(model):
 
     Under a `tf.distribute` strategy with several replicas, Keras 3's own
     accumulation step cannot be traced; the optimizer gets the step of
-    `keras_batchtune.replica_accumulation` instead (same arithmetic). A no-op
-    with one replica and on other backends. Idempotent.
+    `backend/tensorflow/replica_accumulation.py` instead (same arithmetic).
+    A no-op with one replica and on other backends. Idempotent.
 
     Example:
 
@@ -105,13 +130,7 @@ def make_replica_safe(model):
     Args:
         model: A compiled Keras model.
     """
-    if keras.backend.backend() != "tensorflow":
-        return
-    from keras_batchtune import replica_accumulation
-
-    strategy = getattr(model, "distribute_strategy", None)
-    if replica_accumulation.needs_install(model.optimizer, strategy):
-        replica_accumulation.install(model.optimizer)
+    backend.distribute.make_replica_safe(model)
 
 
 def set_accumulation_steps(optimizer, steps):
@@ -145,20 +164,21 @@ def set_accumulation_steps(optimizer, steps):
             has no accumulators.
     """
     steps = scaling.check_positive_int("steps", steps)
-    accumulators = getattr(optimizer, "_accumulated_gradients", None)
+    accumulators = keras_internals.accumulated_gradients(optimizer)
     if not accumulators:
         raise ValueError(
             "The optimizer has no gradient accumulators; call "
             "`accumulation.prepare(model)` first."
         )
     old_steps = accumulation_steps(optimizer)
-    micro_steps = int(keras.ops.convert_to_numpy(optimizer._iterations))
+    counter = keras_internals.optimizer_iterations(optimizer)
+    micro_steps = int(keras.ops.convert_to_numpy(counter))
     updates, pending = divmod(micro_steps, old_steps)
     if pending >= steps:
         keep = steps - 1
         for accumulator in accumulators:
             accumulator.assign(accumulator * (keep / pending))
         pending = keep
-    optimizer._iterations.assign(updates * steps + pending)
+    counter.assign(updates * steps + pending)
     optimizer.gradient_accumulation_steps = steps if steps > 1 else None
     return pending

@@ -42,15 +42,29 @@ class DynamicBatchSize(keras.callbacks.Callback):
     needs them, online measurements of the gradient noise scale `B_simple`
     and of throughput. The input must be made with
     `keras_batchtune.resizable`. A batch of `B` (a multiple of the input's
-    micro-batch) is made physically, the pipeline making batches of `B` from
-    the next epoch on, with the TensorFlow backend on one replica up to the
-    input's `max_physical_batch_size`; otherwise physical batches are
-    accumulated into each update (Keras's `gradient_accumulation_steps`).
+    micro-batch) is made physically, the input making batches of `B` from
+    the next epoch on, on every backend (TensorFlow, JAX, PyTorch) on one
+    replica and under a `keras.distribution.DataParallel` (JAX), up to the
+    input's `max_physical_batch_size`; otherwise (beyond that cap, under a
+    `tf.distribute` strategy with several replicas, with `steps_per_epoch`
+    or `drop_remainder`) physical batches are accumulated into each update
+    (Keras's `gradient_accumulation_steps`). A target is rounded to the
+    nearest multiple of the micro-batch within the bounds; under a
+    `DataParallel` over `n` devices the micro-batch must be a multiple of
+    `n`, so every batch is split evenly, `B / n` per device, and the
+    learning rate follows the global batch `B`.
     Either way the steps per epoch, the progress bar and `params["steps"]`
     are right and every example is used once per epoch. On every resize
     the learning rate follows `lr * s(B_new / B_old)` (`lr_scaling`, the
     core's rules) unless `keep_lr=True`, times any learning-rate factor the
     policy asks for (the hybrid schedule's decay once the batch is capped).
+
+    On JAX each distinct batch shape is one compilation of the train step:
+    at most two per batch size reached, `B` and the epoch's last, smaller
+    batch (`num_examples % B`, a shape of its own unless 0 or seen before);
+    a shape seen before compiles nothing, and the noise probe compiles
+    once. A new number of accumulated steps, or a resize under a
+    learning-rate schedule, makes a new train function that compiles anew.
 
     Each epoch's `logs` get `batch_size`, `physical_batch_size`,
     `learning_rate` and, when measured, `gradient_noise_scale`; list this
@@ -89,7 +103,8 @@ class DynamicBatchSize(keras.callbacks.Callback):
         noise_scale_batch_size: Positive integer, the large batch of the
             two-batch estimator (a multiple of the micro-batch); defaults to
             4 micro-batches. The small batch is the micro-batch (per replica
-            under a strategy).
+            under a strategy, per device under a `DataParallel`: the
+            gradients before the reduction are the small batches).
         noise_scale_batches: Positive integer, large batches measured at each
             epoch end (drawn beside the epoch's data).
         noise_scale_decay: Float in `[0, 1)`, the decay of the moving
@@ -254,16 +269,15 @@ class DynamicBatchSize(keras.callbacks.Callback):
     def _prepare(self, model):
         accumulation.prepare(model)
         optimizer = model.optimizer
-        state = getattr(optimizer, "_keras_batchtune_state", None)
+        state = _state_variable_of(optimizer)
         if state is None:
-            with accumulation._strategy_scope(model):
+            with accumulation.strategy_scope(model):
                 state = optimizer.add_variable(
                     (_STATE_LENGTH,),
                     initializer="zeros",
                     dtype="int32",
                     name=_STATE_VARIABLE,
                 )
-            optimizer._keras_batchtune_state = state
         self._state_variable = state
 
     def _begin(self, epoch):
@@ -288,13 +302,19 @@ class DynamicBatchSize(keras.callbacks.Callback):
         self._resize(self._agreed(decision), epoch, force=True)
 
     def _agreed(self, decision):
-        """Worker 0's decision, on every worker of a multi-worker strategy."""
-        strategy = self.model.distribute_strategy
-        if not distribute.is_multi_worker(strategy):
-            return decision
-        batch_size, lr_factor = distribute.first_worker_values(
-            strategy, (decision.batch_size, decision.lr_factor)
-        )
+        """The first worker's (or host's) decision, on every one of them.
+
+        A policy may decide from numbers that differ between workers of a
+        multi-worker strategy or hosts of a JAX cluster (a noise-scale
+        probe of local data); every one must resize alike.
+        """
+        strategy = distribute.model_strategy(self.model)
+        values = (decision.batch_size, decision.lr_factor)
+        if distribute.is_multi_worker(strategy):
+            values = distribute.first_worker_values(strategy, values)
+        else:
+            values = distribute.agree_across_hosts(values)
+        batch_size, lr_factor = values
         return decision._replace(
             batch_size=int(batch_size), lr_factor=lr_factor
         )
@@ -339,20 +359,20 @@ class DynamicBatchSize(keras.callbacks.Callback):
             multiplier *= scaling.learning_rate_multiplier(
                 self.batch_size, self.base_batch_size, self.lr_scaling
             )
-        optimizer = coupling._inner_optimizer(self.model.optimizer)
         base = self._base_learning_rate
-        if isinstance(base, float):
-            optimizer.learning_rate = base * multiplier
-            return False
-        optimizer.learning_rate = coupling.ScaledLearningRate(
-            base, multiplier, steps_per_update=steps
+        coupling.set_learning_rate_multiplier(
+            self.model.optimizer, base, multiplier, steps_per_update=steps
         )
-        return True
+        # A schedule is read when the train step is traced.
+        return isinstance(base, keras.optimizers.schedules.LearningRateSchedule)
 
     def _measure_noise_scale(self):
         micro = self._data.micro_batch_size
-        strategy = self.model.distribute_strategy
-        small = micro // strategy.num_replicas_in_sync
+        strategy = distribute.model_strategy(self.model)
+        # Per replica (`tf.distribute`) or per device (a `DataParallel`).
+        small = micro // (
+            distribute.num_replicas(strategy) * self._data.devices
+        )
         large = self.noise_scale_batch_size or 4 * micro
         if self._probe is None:
             from keras_batchtune import gradients
@@ -395,9 +415,17 @@ class DynamicBatchSize(keras.callbacks.Callback):
         return json.loads(encoded.decode())
 
 
+def _state_variable_of(optimizer):
+    """The callback's state variable among an optimizer's, or None."""
+    for variable in optimizer.variables:
+        if variable.name == _STATE_VARIABLE:
+            return variable
+    return None
+
+
 def _current_learning_rate(optimizer):
     """The optimizer's learning rate: a float, or its schedule object."""
-    learning_rate = coupling._inner_optimizer(optimizer)._learning_rate
+    learning_rate = coupling.learning_rate_object(optimizer)
     if isinstance(
         learning_rate, keras.optimizers.schedules.LearningRateSchedule
     ):

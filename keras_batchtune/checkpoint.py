@@ -1,19 +1,36 @@
-"""KerasTuner's best-epoch checkpoint: written once per fit, read to resume."""
+"""KerasTuner's best-epoch checkpoint: written once per fit, read back.
+
+Written once per `fit` from the state kept in memory
+(`DeferredBestEpochCheckpoint`); read to warm-start a promoted trial
+(`WarmStart`) and to load a trial's model with its optimizer state
+(`load_best_epoch`, behind `BatchTuner.get_best_models`).
+"""
+
+import os
 
 import keras
+import keras_tuner
+
+from keras_batchtune import coupling
+from keras_batchtune import project_files
+from keras_batchtune import trial_fit
+from keras_batchtune.backend import keras_tuner_internals
 
 
 class DeferredBestEpochCheckpoint(keras.callbacks.Callback):
-    """Keeps the best epoch's weights in memory; writes them when fit ends.
+    """Keeps the best epoch's state in memory; writes it when fit ends.
 
     KerasTuner's `SaveBestEpoch` writes the weights file at every epoch that
     improves the objective (about 12 ms each for a small model, 5% of a short
     trial). This callback takes its place: it shares that `SaveBestEpoch`'s
     objective, file path and best value (so with `executions_per_trial > 1`
     the file still holds the best epoch over all executions), keeps a copy of
-    the best weights, and writes the file once, at the end of `fit`, with
-    `SaveBestEpoch`'s own writer. The model's weights are restored after the
-    write, so code running after `fit` sees the final weights as usual.
+    the best epoch's model weights and optimizer variables (slots, step
+    count), and writes the file once, at the end of `fit`, with
+    `SaveBestEpoch`'s own writer: the file holds what `SaveBestEpoch` would
+    have written at that epoch. The model's and the optimizer's final state
+    is put back after the write, so code running after `fit` sees it as
+    usual.
 
     Example:
 
@@ -29,28 +46,70 @@ class DeferredBestEpochCheckpoint(keras.callbacks.Callback):
     def __init__(self, save_best_epoch):
         super().__init__()
         self.save_best_epoch = save_best_epoch
-        self.best_weights = None
+        self.best_state = None
+
+    def _state(self):
+        optimizer = self.model.optimizer
+        optimizer_values = []
+        if optimizer is not None:
+            # Through a tensor: numpy 2 warns on `keras.Variable.__array__`.
+            optimizer_values = [
+                keras.ops.convert_to_numpy(keras.ops.convert_to_tensor(v))
+                for v in optimizer.variables
+            ]
+        return self.model.get_weights(), optimizer_values
+
+    def _set_state(self, state):
+        weights, optimizer_values = state
+        self.model.set_weights(weights)
+        if optimizer_values:
+            variables = self.model.optimizer.variables
+            for variable, value in zip(variables, optimizer_values):
+                variable.assign(value)
 
     def on_epoch_end(self, epoch, logs=None):
         objective = self.save_best_epoch.objective
         if not objective.has_value(logs):
             # As SaveBestEpoch: without the objective, keep the last epoch.
-            self.best_weights = self.model.get_weights()
+            self.best_state = self._state()
             return
         value = objective.get_value(logs)
         if objective.better_than(value, self.save_best_epoch.best_value):
             self.save_best_epoch.best_value = value
-            self.best_weights = self.model.get_weights()
+            self.best_state = self._state()
 
     def on_train_end(self, logs=None):
-        if self.best_weights is None:
+        if self.best_state is None:
             return
-        final_weights = self.model.get_weights()
-        self.model.set_weights(self.best_weights)
+        final_state = self._state()
+        self._set_state(self.best_state)
         self.save_best_epoch.set_model(self.model)
-        self.save_best_epoch._save_model()
-        self.model.set_weights(final_weights)
-        self.best_weights = None
+        keras_tuner_internals.write_best_epoch_checkpoint(self.save_best_epoch)
+        self._set_state(final_state)
+        self.best_state = None
+
+
+def build_optimizer(model):
+    """Builds a model's optimizer, so that loading weights restores its state.
+
+    Keras creates an optimizer's variables (slots, step count) when training
+    starts; `model.load_weights` skips the saved optimizer state, with a
+    warning, while they do not exist. Building them first makes it load.
+
+    Example:
+
+    ```python
+    build_optimizer(model)
+    model.load_weights("trial_01/checkpoint.weights.h5")
+    ```
+
+    Args:
+        model: A built, compiled `keras.Model` (one without an optimizer, or
+            not built yet, is left alone).
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built and model.built:
+        optimizer.build(model.trainable_variables)
 
 
 class WarmStart(keras.callbacks.Callback):
@@ -81,17 +140,15 @@ class WarmStart(keras.callbacks.Callback):
         self.filepath = filepath
 
     def on_train_begin(self, logs=None):
-        optimizer = self.model.optimizer
-        if optimizer is not None and not optimizer.built and self.model.built:
-            optimizer.build(self.model.trainable_variables)
+        build_optimizer(self.model)
         self.model.load_weights(self.filepath)
 
 
 def defer(callback):
     """Wraps KerasTuner's `SaveBestEpoch`; returns other callbacks as they are.
 
-    `SaveBestEpoch` is not exported by KerasTuner, so it is recognised by its
-    class name, as KerasTuner recognises the `TensorBoard` callback.
+    `SaveBestEpoch` is not exported by KerasTuner; it is recognised through
+    `keras_batchtune.backend.keras_tuner_internals`.
 
     Args:
         callback: A Keras callback.
@@ -99,6 +156,70 @@ def defer(callback):
     Returns:
         A `DeferredBestEpochCheckpoint`, or `callback` itself.
     """
-    if type(callback).__name__ == "SaveBestEpoch":
+    if keras_tuner_internals.is_save_best_epoch(callback):
         return DeferredBestEpochCheckpoint(callback)
     return callback
+
+
+def _couple_loaded_optimizer(optimizer, trial, warmup_epochs):
+    """Sets the trial's effective LR, the optimizer shaped as in the trial."""
+    name = trial_fit.EFFECTIVE_LEARNING_RATE
+    if optimizer is None or not trial.metrics.exists(name):
+        return
+    effective = trial.metrics.get_last_value(name)
+    steps = 1
+    if trial.metrics.exists(trial_fit.ACCUMULATION_STEPS):
+        steps = int(trial.metrics.get_last_value(trial_fit.ACCUMULATION_STEPS))
+    if steps > 1:
+        coupling.inner_optimizer(optimizer).gradient_accumulation_steps = steps
+    base = coupling.get_base_learning_rate(optimizer)
+    coupling.set_learning_rate_multiplier(
+        optimizer,
+        base,
+        effective / coupling.initial_value(base),
+        steps_per_update=steps,
+        as_schedule=bool(warmup_epochs),
+    )
+
+
+def load_best_epoch(tuner, trial, warmup_epochs=0):
+    """Builds a trial's model and loads its best epoch, optimizer included.
+
+    As KerasTuner's `Tuner.load_model`, the model is built from the trial's
+    hyperparameters (from its saved build config if `build` leaves it
+    unbuilt) and given its checkpoint. Before loading, its optimizer is
+    shaped as it was during the trial and built, so that its saved state
+    (slots such as momentum, the step count) is loaded instead of skipped
+    with a warning, on every backend: the learning rate is the trial's
+    effective one, a `ScaledLearningRate` schedule where the trial had one
+    (warmup, or a schedule compiled in), and with `accumulation_steps > 1`
+    the optimizer accumulates gradients as the trial did.
+
+    Example:
+
+    ```python
+    model = load_best_epoch(tuner, tuner.oracle.get_best_trials()[0])
+    ```
+
+    Args:
+        tuner: A `keras_tuner.Tuner` whose trials record
+            `effective_learning_rate` (a `BatchTuner`).
+        trial: A finished `Trial` of it.
+        warmup_epochs: The tuner's `warmup_epochs` (with warmup, the trial's
+            optimizer held a schedule).
+
+    Returns:
+        The `keras.Model`; continuing `fit` trains at the trial's effective
+        learning rate.
+    """
+    model = keras_tuner_internals.try_build(tuner, trial.hyperparameters)
+    config_path = keras_tuner_internals.build_config_path(tuner, trial.trial_id)
+    if not model.built and os.path.exists(config_path):
+        model.build_from_config(project_files.read_json(config_path))
+    with keras_tuner.engine.tuner.maybe_distribute(tuner.distribution_strategy):
+        _couple_loaded_optimizer(model.optimizer, trial, warmup_epochs)
+        build_optimizer(model)
+        model.load_weights(
+            keras_tuner_internals.checkpoint_path(tuner, trial.trial_id)
+        )
+    return model

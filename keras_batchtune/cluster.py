@@ -35,6 +35,8 @@ import time
 import keras_tuner
 from keras_tuner.engine import trial as trial_module
 
+from keras_batchtune.backend import keras_tuner_internals
+
 DEFAULT_WORKER_TIMEOUT = 60.0
 """Seconds of silence after which the chief takes a worker's trial back."""
 
@@ -157,9 +159,10 @@ class WorkerLeases:
                 "result is ignored."
             )
             return
-        if trial.trial_id in self._retry_queue:
+        queue = keras_tuner_internals.retry_queue(self)
+        if trial.trial_id in queue:
             # Taken back, but its worker was alive and finished it.
-            self._retry_queue.remove(trial.trial_id)
+            queue.remove(trial.trial_id)
         self._last_contact.pop(trial.trial_id, None)
         super().end_trial(trial)
 
@@ -181,7 +184,7 @@ class WorkerLeases:
                 continue
             del self.ongoing_trials[tuner_id]
             self.tuner_ids.discard(tuner_id)
-            self._retry_queue.append(trial.trial_id)
+            keras_tuner_internals.retry_queue(self).append(trial.trial_id)
             self._last_contact.pop(trial.trial_id, None)
             reclaimed.append((tuner_id, trial.trial_id))
             print(

@@ -1,11 +1,15 @@
 """Applying a learning-rate multiplier (and warmup) to a Keras optimizer.
 
+Also picks the rule of `lr_scaling="auto"` from the optimizer and sets the
+coupled weight decay (`keras_batchtune.optimizer_rules` holds the maths).
 Written with `keras.ops` only, so it runs on every Keras backend.
 """
 
 import keras
 
+from keras_batchtune import optimizer_rules
 from keras_batchtune import scaling
+from keras_batchtune.backend import keras_internals
 
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
 
@@ -78,9 +82,53 @@ class ScaledLearningRate(_Schedule):
         return cls(**config)
 
 
-def _inner_optimizer(optimizer):
-    # A LossScaleOptimizer (mixed precision) holds the real learning rate.
+def _to_float(value):
+    # Read through a tensor: numpy 2 warns on `keras.Variable.__array__`, and
+    # a `tf.distribute` variable's own value (in a strategy's scope) is not
+    # an array.
+    if isinstance(value, keras.Variable):
+        value = keras.ops.convert_to_tensor(value)
+    return float(keras.ops.convert_to_numpy(value))
+
+
+def inner_optimizer(optimizer):
+    """The optimizer that holds the learning rate.
+
+    A `keras.optimizers.LossScaleOptimizer` (mixed precision) wraps the one
+    whose learning rate is applied; any other optimizer is its own.
+
+    Example:
+
+    ```python
+    inner_optimizer(keras.optimizers.LossScaleOptimizer(sgd)) is sgd  # True
+    ```
+
+    Args:
+        optimizer: A `keras.optimizers.Optimizer`, or anything else.
+
+    Returns:
+        The wrapped optimizer, or `optimizer` itself.
+    """
     return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def learning_rate_object(optimizer):
+    """What an optimizer reads its learning rate from, not evaluated.
+
+    Example:
+
+    ```python
+    learning_rate_object(keras.optimizers.SGD(schedule)) is schedule  # True
+    ```
+
+    Args:
+        optimizer: A `keras.optimizers.Optimizer` (or a loss-scale wrapper).
+
+    Returns:
+        The `keras.Variable` of a float learning rate, or the
+        `LearningRateSchedule` (or callable) the optimizer was given.
+    """
+    return keras_internals.optimizer_learning_rate(inner_optimizer(optimizer))
 
 
 def current_learning_rate(optimizer):
@@ -99,8 +147,8 @@ def current_learning_rate(optimizer):
         A float: the value of its float learning rate, or of its schedule at
         the optimizer's current step.
     """
-    learning_rate = _inner_optimizer(optimizer).learning_rate
-    return float(keras.ops.convert_to_numpy(learning_rate))
+    learning_rate = inner_optimizer(optimizer).learning_rate
+    return _to_float(learning_rate)
 
 
 def get_base_learning_rate(optimizer):
@@ -121,17 +169,15 @@ def get_base_learning_rate(optimizer):
     Raises:
         ValueError: if the optimizer has no settable learning rate.
     """
-    inner = _inner_optimizer(optimizer)
-    if not isinstance(inner, keras.optimizers.Optimizer) or not hasattr(
-        inner, "_learning_rate"
-    ):
+    inner = inner_optimizer(optimizer)
+    if not isinstance(inner, keras.optimizers.Optimizer):
         raise ValueError(
             "BatchTuner couples the learning rate to the batch size, so the "
             "model must be compiled with a `keras.optimizers.Optimizer` whose "
             "`learning_rate` is a float or a `LearningRateSchedule`. "
             f"Received: optimizer={optimizer!r}"
         )
-    learning_rate = inner._learning_rate
+    learning_rate = learning_rate_object(inner)
     if isinstance(learning_rate, ScaledLearningRate):
         return learning_rate.base
     if isinstance(learning_rate, _Schedule):
@@ -142,7 +188,7 @@ def get_base_learning_rate(optimizer):
             "callable; use a float or a `LearningRateSchedule`. "
             f"Received: learning_rate={learning_rate!r}"
         )
-    return float(keras.ops.convert_to_numpy(learning_rate))
+    return _to_float(learning_rate)
 
 
 def initial_value(learning_rate):
@@ -163,7 +209,32 @@ def initial_value(learning_rate):
     """
     if isinstance(learning_rate, _Schedule):
         learning_rate = learning_rate(0)
-    return float(keras.ops.convert_to_numpy(learning_rate))
+    return _to_float(learning_rate)
+
+
+def uses_schedule(base_learning_rate, warmup_steps=0):
+    """Whether the coupled optimizer holds a schedule rather than a float.
+
+    A float base without warmup is assigned as a float (the optimizer keeps
+    a plain, settable learning rate, one of its variables); a schedule base,
+    or any warmup, installs a `ScaledLearningRate` (no learning-rate
+    variable). The optimizer's saved state differs accordingly.
+
+    Example:
+
+    ```python
+    uses_schedule(0.1)  # False
+    uses_schedule(0.1, warmup_steps=10)  # True
+    ```
+
+    Args:
+        base_learning_rate: A float or a `LearningRateSchedule`.
+        warmup_steps: Non-negative integer, in optimizer updates.
+
+    Returns:
+        A boolean.
+    """
+    return isinstance(base_learning_rate, _Schedule) or warmup_steps > 0
 
 
 def set_learning_rate_multiplier(
@@ -172,12 +243,13 @@ def set_learning_rate_multiplier(
     multiplier,
     warmup_steps=0,
     steps_per_update=1,
+    as_schedule=False,
 ):
     """Sets `base_learning_rate * multiplier` on an optimizer, with warmup.
 
     A float base without warmup is assigned as a float, so the optimizer keeps
     a plain, settable learning rate; otherwise a `ScaledLearningRate` schedule
-    is installed.
+    is installed (see `uses_schedule`).
 
     Example:
 
@@ -192,13 +264,16 @@ def set_learning_rate_multiplier(
         multiplier: Positive float.
         warmup_steps: Non-negative integer, in optimizer updates.
         steps_per_update: Micro-steps per update, with gradient accumulation.
+        as_schedule: Boolean; if True, a `ScaledLearningRate` is installed
+            even for a float base without warmup (to match the saved state
+            of an optimizer that trained with warmup).
 
     Returns:
         The effective learning rate after warmup (at step 0 for a schedule),
         a float.
     """
-    inner = _inner_optimizer(optimizer)
-    if isinstance(base_learning_rate, _Schedule) or warmup_steps > 0:
+    inner = inner_optimizer(optimizer)
+    if as_schedule or uses_schedule(base_learning_rate, warmup_steps):
         inner.learning_rate = ScaledLearningRate(
             base_learning_rate, multiplier, warmup_steps, steps_per_update
         )
@@ -242,3 +317,103 @@ def couple_learning_rate(
     return set_learning_rate_multiplier(
         optimizer, base, multiplier, warmup_steps
     )
+
+
+def optimizer_class_names(optimizer):
+    """The class names of the optimizer that applies the updates.
+
+    Example:
+
+    ```python
+    optimizer_class_names(keras.optimizers.AdamW())[:2]  # ["AdamW", "Adam"]
+    ```
+
+    Args:
+        optimizer: A `keras.optimizers.Optimizer` (or a loss-scale wrapper,
+            whose inner optimizer is named).
+
+    Returns:
+        The names of its class and base classes, most derived first.
+    """
+    return [cls.__name__ for cls in type(inner_optimizer(optimizer)).__mro__]
+
+
+def resolve_lr_scaling(optimizer, lr_scaling):
+    """The rule a trial trains with, and the one its optimizer suits.
+
+    Example:
+
+    ```python
+    resolve_lr_scaling(keras.optimizers.Adam(), "auto")  # ("sqrt", "sqrt")
+    resolve_lr_scaling(keras.optimizers.Adam(), "linear")
+    # ("linear", "sqrt")
+    ```
+
+    Args:
+        optimizer: A `keras.optimizers.Optimizer`.
+        lr_scaling: `"auto"`, a rule name or a callable.
+
+    Returns:
+        `(rule, optimizer_rule)`: the rule to apply (`lr_scaling` itself
+        unless it is `"auto"`), and the one `"auto"` picks for this optimizer
+        (None if it is not in `keras_batchtune.optimizer_rules`' table).
+
+    Raises:
+        ValueError: naming `lr_scaling`, if it is `"auto"` and the optimizer
+            is not in the table.
+    """
+    names = optimizer_class_names(optimizer)
+    rule = optimizer_rules.resolve(lr_scaling, names)
+    return rule, optimizer_rules.rule_for_optimizer(names)
+
+
+def get_weight_decay(optimizer):
+    """Reads an optimizer's decoupled weight decay, checked.
+
+    Keras 3 applies `weight_decay` decoupled from the gradient for every
+    optimizer that sets it (`w <- w - lr * weight_decay * w`); an optimizer
+    whose `weight_decay` is None or 0 has none to couple.
+
+    Example:
+
+    ```python
+    get_weight_decay(keras.optimizers.AdamW(weight_decay=0.01))  # 0.01
+    ```
+
+    Args:
+        optimizer: A `keras.optimizers.Optimizer` (or a loss-scale wrapper).
+
+    Returns:
+        A float > 0.
+
+    Raises:
+        ValueError: naming `couple_weight_decay`, if the optimizer has no
+            weight decay.
+    """
+    weight_decay = getattr(inner_optimizer(optimizer), "weight_decay", None)
+    if isinstance(weight_decay, keras.Variable):
+        weight_decay = _to_float(weight_decay)
+    return optimizer_rules.check_weight_decay(weight_decay)
+
+
+def set_weight_decay(optimizer, weight_decay):
+    """Sets the decoupled weight decay an optimizer applies from now on.
+
+    Keras reads `weight_decay` when it traces the train step, so set it
+    before `fit`.
+
+    Example:
+
+    ```python
+    set_weight_decay(optimizer, 0.02)
+    ```
+
+    Args:
+        optimizer: A `keras.optimizers.Optimizer` (or a loss-scale wrapper).
+        weight_decay: Positive float.
+
+    Returns:
+        `weight_decay`, a float.
+    """
+    inner_optimizer(optimizer).weight_decay = float(weight_decay)
+    return float(weight_decay)

@@ -1,36 +1,57 @@
-"""Batching the training data at a searched batch size (tf.data and arrays)."""
+"""What the tuner can batch itself, and how many examples it holds.
+
+Arrays and tensors of any backend, and a `tf.data.Dataset` where TensorFlow
+is installed (`backend/tf_data.py` does the `tf.data` part).
+"""
 
 import math
-import warnings
-import weakref
 
 import keras
-import tensorflow as tf
-
-# Examples counted in batched datasets, so each is read through only once.
-_EXAMPLE_COUNTS = weakref.WeakKeyDictionary()
 
 DATA_TYPES_HELP = (
-    "numpy arrays, tensors (or nested dicts/lists of them), or an unbatched "
-    "`tf.data.Dataset`"
+    "numpy arrays, tensors of the backend (or nested dicts/lists of them), "
+    "or an unbatched `tf.data.Dataset`"
 )
+
+
+def is_tf_dataset(x):
+    """Tells whether `x` is a `tf.data.Dataset`, without importing TensorFlow.
+
+    Only a program that imported TensorFlow can hold a dataset, so its
+    class is recognised by its module and the import is left to the
+    `tf.data` helpers.
+
+    Example:
+
+    ```python
+    is_tf_dataset(np.zeros(3))  # False
+    ```
+
+    Args:
+        x: Anything.
+
+    Returns:
+        True for a `tf.data.Dataset` (of any kind: batched, mapped, ...).
+    """
+    return any(
+        cls.__module__.startswith("tensorflow")
+        and cls.__name__ in ("DatasetV2", "DatasetV1")
+        for cls in type(x).__mro__
+    )
+
+
+def _is_torch_data_loader(x):
+    return any(
+        cls.__module__.startswith("torch.utils.data")
+        and cls.__name__ == "DataLoader"
+        for cls in type(x).__mro__
+    )
 
 
 def describe_batching(dataset):
     """Tells whether a `tf.data.Dataset` is batched, and by how much.
 
-    The batch size is read from the dataset graph (the `ComputeBatchSize` op
-    that `tf.distribute` uses). When the graph does not tell (a `map` after
-    `batch`, say), a dataset whose every component has an unknown leading
-    dimension is taken as batched with an unknown batch size.
-
-    Example:
-
-    ```python
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    describe_batching(ds)  # (False, None)
-    describe_batching(ds.batch(32))  # (True, 32)
-    ```
+    See `keras_batchtune.backend.tf_data.describe_batching`.
 
     Args:
         dataset: A `tf.data.Dataset`.
@@ -38,71 +59,18 @@ def describe_batching(dataset):
     Returns:
         A tuple `(is_batched, batch_size)`; `batch_size` is None when unknown.
     """
-    batch_size = int(
-        tf.raw_ops.ComputeBatchSize(input_dataset=dataset._variant_tensor)
-    )
-    if batch_size > 0:
-        return True, batch_size
-    specs = tf.nest.flatten(dataset.element_spec)
-    shapes = [getattr(spec, "shape", None) for spec in specs]
-    batched = bool(shapes) and all(
-        shape is not None
-        and shape.rank is not None
-        and shape.rank >= 1
-        and shape[0] is None
-        for shape in shapes
-    )
-    return batched, None
+    from keras_batchtune.backend import tf_data
 
-
-def batch_dataset(dataset, batch_size, drop_remainder=False):
-    """Batches a dataset at `batch_size`, re-batching one already batched.
-
-    An already batched dataset is unbatched first, with a one-line warning:
-    its batch size was chosen by hand, and the tuner replaces it. Its examples
-    are counted (one pass, once per dataset object) so that the re-batched
-    dataset keeps a known number of steps per epoch.
-
-    Example:
-
-    ```python
-    batch_dataset(tf.data.Dataset.from_tensor_slices((x, y)), 64)
-    ```
-
-    Args:
-        dataset: A `tf.data.Dataset`, batched or not.
-        batch_size: Positive integer.
-        drop_remainder: Whether to drop the last partial batch.
-
-    Returns:
-        The batched `tf.data.Dataset`.
-    """
-    batched, old_batch_size = describe_batching(dataset)
-    if batched:
-        warnings.warn(
-            "keras_batchtune: the tf.data.Dataset given to fit is already "
-            f"batched (batch size {old_batch_size or 'unknown'}); it is "
-            "unbatched and batched again at each trial's batch size.",
-            UserWarning,
-            stacklevel=2,
-        )
-        num_examples = count_examples(dataset)
-        dataset = dataset.unbatch().batch(
-            batch_size, drop_remainder=drop_remainder
-        )
-        if num_examples is not None:
-            round_steps = math.floor if drop_remainder else math.ceil
-            dataset = dataset.apply(
-                tf.data.experimental.assert_cardinality(
-                    round_steps(num_examples / batch_size)
-                )
-            )
-        return dataset
-    return dataset.batch(batch_size, drop_remainder=drop_remainder)
+    return tf_data.describe_batching(dataset)
 
 
 def check_batchable(x):
     """Checks that the tuner can batch `x` itself.
+
+    A `keras.utils.PyDataset`, a `torch.utils.data.DataLoader`, a generator
+    or another iterator hands `fit` batches whose size it chose itself: the
+    tuner cannot set a trial's batch size through them, so they are refused
+    rather than trained at a batch size other than the one recorded.
 
     Example:
 
@@ -114,17 +82,21 @@ def check_batchable(x):
         x: The training input given to `fit`.
 
     Raises:
-        ValueError: if `x` is a `keras.utils.PyDataset`, a generator or
-            another iterator, whose batches are fixed by the user.
+        ValueError: if `x` is a `keras.utils.PyDataset`, a
+            `torch.utils.data.DataLoader`, a generator or another iterator.
     """
-    if isinstance(x, keras.utils.PyDataset) or (
-        hasattr(x, "__next__") and not isinstance(x, tf.data.Dataset)
-    ):
+    fixed = (
+        isinstance(x, keras.utils.PyDataset)
+        or _is_torch_data_loader(x)
+        or (hasattr(x, "__next__") and not is_tf_dataset(x))
+    )
+    if fixed:
         raise ValueError(
             "`x`: BatchTuner sets the batch size of each trial, so it needs "
             f"{DATA_TYPES_HELP}. Received: x of type {type(x).__name__}, "
-            "whose batches are fixed. Pass the unbatched data instead, or "
-            "set `batch_size` yourself in `HyperModel.fit`."
+            "whose batches are fixed. Pass the unbatched data instead (for a "
+            "`torch.utils.data.DataLoader`, the arrays or tensors of its "
+            "dataset), or set `batch_size` yourself in `HyperModel.fit`."
         )
 
 
@@ -148,20 +120,11 @@ def count_examples(x, validation_split=0.0):
     """
     if x is None:
         return None
-    if isinstance(x, tf.data.Dataset):
-        cardinality = int(x.cardinality())
-        if cardinality == tf.data.INFINITE_CARDINALITY:
-            return None
-        if not describe_batching(x)[0]:
-            return cardinality if cardinality >= 0 else None
-        if x not in _EXAMPLE_COUNTS:
-            _EXAMPLE_COUNTS[x] = int(
-                x.unbatch().reduce(
-                    tf.constant(0, tf.int64), lambda count, _: count + 1
-                )
-            )
-        return _EXAMPLE_COUNTS[x]
-    leaves = tf.nest.flatten(x)
+    if is_tf_dataset(x):
+        from keras_batchtune.backend import tf_data
+
+        return tf_data.count_examples(x)
+    leaves = keras.tree.flatten(x)
     if not leaves or not hasattr(leaves[0], "shape"):
         return None
     num_examples = int(leaves[0].shape[0])

@@ -82,6 +82,10 @@ def run_demo(max_trials=10, epochs=10, logdir="batchtune_runs", seed=0):
         The `BatchTuner`, after the search.
     """
     keras.utils.set_random_seed(seed)
+    print(
+        f"keras_batchtune demo on the Keras {keras.config.backend()} backend "
+        "(set KERAS_BACKEND=tensorflow, jax or torch to choose)."
+    )
     x_train, y_train, x_val, y_val = load_digits_split(seed)
     tuner = BatchTuner(
         build_digits_model,

@@ -1,37 +1,91 @@
-"""`tf.distribute`: the strategy to use, replicas, and TPU-friendly batches.
+"""Replicas and batch alignment, on every backend.
 
-The batch grid arithmetic (multiples of the replica count, per-core multiples
-of 8 on TPU) is pure Python, in `space.py`; this module reads it off a
-strategy and does what needs TensorFlow.
+The strategy itself (`tf.distribute` on TensorFlow, `keras.distribution` on
+JAX, one device on PyTorch) is the backend's
+(`keras_batchtune.backend.distribute`); the batch grid arithmetic is pure
+Python (`space.py`). This module joins them. Here "strategy" means either: a
+`tf.distribute.Strategy` on TensorFlow, a `keras.distribution.Distribution`
+on JAX; its replicas are the devices a global batch is split across.
 """
 
-import glob
-import inspect
-import json
-import logging
-import math
-import os
 import warnings
 
-import keras
-import tensorflow as tf
-
-from keras_batchtune import data
 from keras_batchtune import space
+from keras_batchtune.backend import distribute as backend_distribute
 
-logger = logging.getLogger("keras_batchtune")
+model_strategy = backend_distribute.model_strategy
+is_tpu_strategy = backend_distribute.is_tpu_strategy
+is_multi_worker = backend_distribute.is_multi_worker
+check_workers_agree = backend_distribute.check_workers_agree
+first_worker_values = backend_distribute.first_worker_values
+gather_from_replicas = backend_distribute.gather_from_replicas
+static_batches = backend_distribute.static_batches
+local_model_copy = backend_distribute.local_model_copy
+even_split = backend_distribute.even_split
+check_tuner_distribution = backend_distribute.check_tuner_distribution
+# Several hosts that each feed their own data exist on JAX only.
+data_processes = backend_distribute.data_processes
+agree_on_largest_fitting = backend_distribute.agree_on_largest_fitting
+agree_across_hosts = backend_distribute.agree_across_hosts
 
-# Strategies already created by `resolve_strategy`, by what was resolved: a
-# TPU system is connected and initialised once per process (initialising it
-# again would wipe the TPU's memory), and one MirroredStrategy per process
-# keeps its collective ops apart from another's.
-_RESOLVED = {}
+
+def resolve_distribution(tpu=None, verbose=True):
+    """Picks the distribution for the hardware this runs on, per backend.
+
+    The successor of `resolve_strategy`, named for what it returns on every
+    backend:
+
+    - JAX: a `keras.distribution.DataParallel` over every accelerator of
+      JAX's default platform, over all hosts (after
+      `keras.distribution.initialize()`): the cores of a TPU (8 on a Colab
+      TPU runtime), the GPUs, or the CPU devices when there is no
+      accelerator. Each global batch is split evenly across them.
+    - TensorFlow: the `tf.distribute.Strategy` `resolve_strategy` picks
+      (TPU, multi-worker, several GPUs, else the default strategy).
+    - PyTorch: None. Keras 3 trains a PyTorch model on one device
+      (`keras.distribution` is implemented for JAX); the model trains on one
+      device, and KerasTuner's distributed search spreads trials over
+      processes.
+
+    What was chosen and why is logged (logger `"keras_batchtune"`, level
+    INFO) and, with `verbose`, printed in one line. Pass the result as
+    `distribution_strategy=` (every backend) or, on JAX, as `distribution=`.
+
+    Example:
+
+    ```python
+    tuner = keras_batchtune.BatchTuner(
+        build_model, objective="val_accuracy",
+        distribution_strategy=keras_batchtune.resolve_distribution())
+    ```
+
+    Args:
+        tpu: Optional TPU. On TensorFlow as for `resolve_strategy`; on JAX
+            None or `"local"` (JAX finds the TPU cores itself; `"local"`
+            raises when there is none); on PyTorch None.
+        verbose: Whether to print the choice. Defaults to True.
+
+    Returns:
+        A `keras.distribution.Distribution` on JAX, a
+        `tf.distribute.Strategy` on TensorFlow, None on PyTorch.
+
+    Raises:
+        ValueError: for a `tpu` the backend cannot use; on TensorFlow as for
+            `resolve_strategy`.
+    """
+    return backend_distribute.resolve_distribution(tpu=tpu, verbose=verbose)
 
 
 def resolve_strategy(tpu=None, verbose=True):
-    """Picks the `tf.distribute` strategy for the hardware this runs on.
+    """Picks the strategy for the hardware this runs on (TensorFlow, JAX).
 
-    In this order:
+    On JAX, Keras's own `keras.distribution` is the engine for several
+    devices and hosts: this returns what `resolve_distribution` returns, a
+    `keras.distribution.DataParallel` over every accelerator. On PyTorch
+    (Keras 3 has no multi-device training there) it raises. New code should
+    call `resolve_distribution`, whose name says what it returns.
+
+    On TensorFlow, in this order:
 
     1. a `tf.distribute.TPUStrategy` when a TPU is reachable: the one named by
        `tpu`, else one announced by the environment (`TPU_NAME`,
@@ -65,192 +119,113 @@ def resolve_strategy(tpu=None, verbose=True):
         verbose: Whether to print the choice. Defaults to True.
 
     Returns:
-        A `tf.distribute.Strategy`.
+        A `tf.distribute.Strategy` on TensorFlow; a
+        `keras.distribution.DataParallel` on JAX.
 
     Raises:
         ValueError, RuntimeError or `tf.errors.OpError`: if `tpu` is given
-            and cannot be connected to.
+            and cannot be connected to; ValueError on PyTorch, naming it and
+            what to use there.
     """
-    if tpu is not None:
-        strategy, reason = _connect_tpu(tpu), "asked for with tpu="
-        return _report(strategy, f"{reason}{_tpu_label(tpu)!r}", verbose)
-    hint = _tpu_hint()
-    skipped = ""
-    if hint is not None:
-        address, where = hint
-        try:
-            return _report(_connect_tpu(address), f"TPU {where}", verbose)
-        except Exception as error:  # noqa: BLE001 - reported, then skipped
-            skipped = (
-                f"a TPU {where} could not be reached "
-                f"({type(error).__name__}: {str(error)[:200]}); "
-            )
-    workers = _tf_config_workers()
-    if workers > 1:
-        strategy = _cached(
-            ("multi_worker",), tf.distribute.MultiWorkerMirroredStrategy
-        )
-        return _report(
-            strategy, f"{skipped}TF_CONFIG names {workers} workers", verbose
-        )
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        names = tuple(gpu.name for gpu in gpus)
-        strategy = _cached(
-            ("gpus", names), lambda: tf.distribute.MirroredStrategy(names)
-        )
-        return _report(strategy, f"{skipped}{len(gpus)} GPUs found", verbose)
-    found = "one GPU found" if gpus else "no GPU found"
-    return _report(
-        tf.distribute.get_strategy(),
-        f"{skipped}no TPU found, {found}, TF_CONFIG names no cluster",
-        verbose,
-    )
+    return backend_distribute.resolve_strategy(tpu=tpu, verbose=verbose)
 
 
-def _tpu_label(tpu):
-    if isinstance(tpu, str):
-        return tpu
-    return type(tpu).__name__
+def patch_for_multi_worker(model):
+    """Lets Keras 3 `fit` a model under a `MultiWorkerMirroredStrategy`.
 
+    TensorFlow backend only. Keras 3 (3.15 included; keras-team/keras#20585)
+    fails there in two places: before training it averages the first
+    distributed batch across replicas only to read its shapes, and after
+    each step it averages the per-replica scalar logs with
+    `strategy.reduce("MEAN", v, axis=0)`, which needs a leading axis. This
+    gives the model (this one object) the shapes from this worker's replica,
+    and its train and test steps logs of shape `[1]`, which that reduction
+    averages across all replicas of all workers. Epoch logs, read from the
+    metrics, are unchanged: global.
 
-# Public names of strategy classes whose Python class is named otherwise.
-_PUBLIC_NAMES = {
-    "_DefaultDistributionStrategy": "the default strategy",
-    "CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy",
-    "_CollectiveAllReduceStrategyExperimental": "MultiWorkerMirroredStrategy",
-    "TPUStrategyV2": "TPUStrategy",
-}
+    Example:
 
-
-def _report(strategy, reason, verbose):
-    name = type(strategy).__name__
-    name = _PUBLIC_NAMES.get(name, name)
-    replicas = strategy.num_replicas_in_sync
-    message = (
-        f"keras_batchtune: using {name} with {replicas} replica"
-        f"{'s' if replicas != 1 else ''} in sync ({reason})."
-    )
-    logger.info(message)
-    if verbose:
-        print(message)
-    return strategy
-
-
-def _cached(key, make):
-    if key not in _RESOLVED:
-        _RESOLVED[key] = make()
-    return _RESOLVED[key]
-
-
-def _tpu_hint():
-    """Where the environment says a TPU is, as `(address, why)`, or None."""
-    if os.environ.get("TPU_NAME"):
-        name = os.environ["TPU_NAME"]
-        return name, f"named by TPU_NAME={name!r}"
-    if os.environ.get("COLAB_TPU_ADDR"):
-        address = "grpc://" + os.environ["COLAB_TPU_ADDR"]
-        return address, f"of this Colab runtime at {address}"
-    devices = glob.glob("/dev/accel[0-9]*") + glob.glob("/dev/vfio/[0-9]*")
-    if devices:
-        return "local", f"attached to this VM ({devices[0]})"
-    return None
-
-
-def _connect_tpu(tpu):
-    """Connects to a TPU and initialises it, once per process."""
-    if isinstance(tpu, tf.distribute.cluster_resolver.TPUClusterResolver):
-        resolver = tpu
-    else:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-    key = ("tpu", resolver.master())
-    if key not in _RESOLVED:
-        if tpu != "local":
-            tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        _RESOLVED[key] = tf.distribute.TPUStrategy(resolver)
-    return _RESOLVED[key]
-
-
-def _tf_config_workers():
-    """The number of workers (and chief) of a `TF_CONFIG` cluster, or 0."""
-    try:
-        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    except ValueError:
-        return 0
-    cluster = config.get("cluster") or {}
-    if cluster.get("ps"):
-        return 0  # a parameter-server cluster: not ours to pick for
-    return len(cluster.get("worker") or []) + len(cluster.get("chief") or [])
-
-
-def model_strategy(model):
-    """The strategy a Keras model trains under, or None.
+    ```python
+    with multi_worker_strategy.scope():
+        model = build_model()
+    patch_for_multi_worker(model)
+    model.fit(x, y, batch_size=64)
+    ```
 
     Args:
-        model: A `keras.Model`.
+        model: A compiled `keras.Model` built under a multi-worker strategy.
 
-    Returns:
-        The model's `tf.distribute.Strategy` (the default one when it was
-        built outside any scope), or None when the backend has none.
+    Raises:
+        ValueError: on another backend than TensorFlow.
     """
-    return getattr(model, "distribute_strategy", None)
+    return backend_distribute.patch_for_multi_worker(model)
 
 
 def num_replicas(strategy):
-    """The replicas in sync of a strategy; 1 for None.
+    """The replicas a global batch is split across; 1 for None.
 
     Example:
 
     ```python
     num_replicas(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))  # 2
+    num_replicas(keras.distribution.DataParallel())  # all devices (JAX)
     ```
 
     Args:
-        strategy: A `tf.distribute.Strategy`, or None.
+        strategy: A `tf.distribute.Strategy` (TensorFlow), a
+            `keras.distribution.Distribution` (JAX: the size of its mesh's
+            batch axis, over all hosts), or None.
 
     Returns:
         A positive integer.
     """
-    if strategy is None:
-        return 1
-    return int(strategy.num_replicas_in_sync)
+    return backend_distribute.num_replicas(strategy)
 
 
-def is_tpu_strategy(strategy):
-    """Tells whether a strategy runs on TPU cores.
+def per_process_batch_size(batch_size):
+    """This host's share of a global batch: the `batch_size` for its `fit`.
 
-    Args:
-        strategy: A `tf.distribute.Strategy`, or None.
+    Every batch size of `keras_batchtune` is global (split over all devices
+    of all hosts). Keras's JAX trainer after
+    `keras.distribution.initialize()` takes what each host's `fit` batches
+    from its own data as that host's part of the global batch, so each of
+    `P` hosts feeds `batch_size / P` rows; with one host (and on other
+    backends, where `tf.distribute` splits the global batch itself), all of
+    it.
 
-    Returns:
-        True for a `TPUStrategy` (either API version).
-    """
-    return isinstance(
-        strategy,
-        (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy),
-    )
+    Example:
 
-
-def is_multi_worker(strategy):
-    """Tells whether a strategy spans several worker processes.
+    ```python
+    per_process_batch_size(64)  # 32 on each of two JAX hosts; else 64
+    ```
 
     Args:
-        strategy: A `tf.distribute.Strategy`, or None.
+        batch_size: Positive integer, the global batch size.
 
     Returns:
-        True for a `MultiWorkerMirroredStrategy` with more than one worker.
+        A positive integer.
+
+    Raises:
+        ValueError: if the hosts cannot share `batch_size` evenly.
     """
-    extended = getattr(strategy, "extended", None)
-    in_multi_worker_mode = getattr(extended, "_in_multi_worker_mode", None)
-    return bool(in_multi_worker_mode and in_multi_worker_mode())
+    processes = data_processes()
+    if batch_size % processes:
+        raise ValueError(
+            f"A global batch of {batch_size} cannot be shared evenly by "
+            f"the {processes} hosts that feed it: use a multiple of "
+            f"{processes}. Received: batch_size={batch_size}"
+        )
+    return batch_size // processes
 
 
 def per_replica_multiple(strategy):
     """The multiple each replica's batch keeps: 8 on TPU, else 1.
 
+    See `space.per_device_multiple` for the reason.
+
     Args:
-        strategy: A `tf.distribute.Strategy`, or None.
+        strategy: A `tf.distribute.Strategy`, a
+            `keras.distribution.Distribution`, or None.
 
     Returns:
         `space.TPU_PER_CORE_MULTIPLE` for a TPU strategy, else 1.
@@ -263,7 +238,8 @@ def aligned_batch_range(min_batch_size, max_batch_size, strategy, per_replica):
 
     Bounds that are not multiples of the unit (`num_replicas` for a global
     batch, times 8 on TPU) are rounded, the minimum up and the maximum down,
-    with one warning that says why.
+    with one warning that says why; a global minimum below the replica count
+    is aligned up to the unit the same way.
 
     Example:
 
@@ -275,7 +251,8 @@ def aligned_batch_range(min_batch_size, max_batch_size, strategy, per_replica):
     Args:
         min_batch_size: Positive integer, the smallest batch asked for.
         max_batch_size: Positive integer, the largest batch asked for.
-        strategy: The `tf.distribute.Strategy` of the search, or None.
+        strategy: The `tf.distribute.Strategy` (TensorFlow) or
+            `keras.distribution.Distribution` (JAX) of the search, or None.
         per_replica: Whether the bounds are per replica.
 
     Returns:
@@ -293,7 +270,8 @@ def aligned_batch_range(min_batch_size, max_batch_size, strategy, per_replica):
         unit = space.batch_size_unit(replicas, per_replica, multiple)
         why = (
             f"{replicas} TPU cores, {multiple} examples per core at least "
-            "(XLA pads TPU tensors to tiles of 8 rows)"
+            "(a TPU core's matrix units take the batch in blocks of 8 rows; "
+            "a smaller share is padded)"
             if multiple > 1
             else f"{replicas} replicas share each batch evenly"
         )
@@ -306,217 +284,3 @@ def aligned_batch_range(min_batch_size, max_batch_size, strategy, per_replica):
             stacklevel=3,
         )
     return low, high
-
-
-def check_workers_agree(strategy, batch_size):
-    """Checks that every worker of a multi-worker strategy uses one batch.
-
-    Workers that disagree would feed the gradient all-reduce tensors of
-    different shapes; one all-gather of the batch size finds out first.
-
-    Args:
-        strategy: A multi-worker `tf.distribute.Strategy`.
-        batch_size: This worker's global batch size.
-
-    Raises:
-        ValueError: if the workers' batch sizes differ.
-    """
-
-    sizes = [
-        int(row[0]) for row in gather_from_replicas(strategy, [batch_size])
-    ]
-    if len(set(sizes)) > 1:
-        raise ValueError(
-            "The workers of the MultiWorkerMirroredStrategy disagree on the "
-            f"batch size (one per replica: {sizes}). Give every worker the "
-            "same tuner arguments, `seed` included."
-        )
-
-
-def first_worker_values(strategy, values):
-    """Returns the first worker's `values` on every worker of a strategy.
-
-    Decisions taken from local measurements (a worker's timings, its own
-    gradient samples) can differ between workers; every worker must apply
-    the same batch size, or their all-reduces would not match. One
-    all-gather hands every worker the decision of worker 0. With a single
-    worker, `values` is returned as is.
-
-    Example:
-
-    ```python
-    batch_size, lr_factor = first_worker_values(strategy, (64, 1.0))
-    ```
-
-    Args:
-        strategy: A `tf.distribute.Strategy`, or None.
-        values: A sequence of numbers.
-
-    Returns:
-        A tuple of floats: worker 0's `values`.
-    """
-    values = tuple(float(value) for value in values)
-    if strategy is None or not is_multi_worker(strategy):
-        return values
-    first = gather_from_replicas(strategy, values, dtype=tf.float64)[0]
-    return tuple(float(value) for value in first)
-
-
-def gather_from_replicas(strategy, values, dtype=tf.int64):
-    """Every replica's `values`, by one all-gather (a collective op).
-
-    Example:
-
-    ```python
-    gather_from_replicas(strategy, [batch_size])  # [[64], [64]]
-    ```
-
-    Args:
-        strategy: A `tf.distribute.Strategy`.
-        values: A sequence of numbers, this worker's.
-        dtype: The TensorFlow dtype they are sent as.
-
-    Returns:
-        A numpy array of shape `(num_replicas_in_sync, len(values))`, the
-        rows in replica order (worker 0's first).
-    """
-
-    def gather():
-        context = tf.distribute.get_replica_context()
-        return context.all_gather(tf.constant([list(values)], dtype), axis=0)
-
-    gathered = strategy.experimental_local_results(strategy.run(gather))
-    return gathered[0].numpy()
-
-
-_FIT_SIGNATURE = inspect.signature(keras.Model.fit)
-
-
-def static_batches(args, kwargs, batch_size):
-    """Rewrites `fit` arguments so that every training batch is full.
-
-    For TPUs, which compile one program per batch shape: arrays (and an
-    unbatched or batched dataset) become a `tf.data.Dataset` batched with
-    `drop_remainder=True`, so training sees one shape; the last partial
-    batch of each epoch is left out (the examples left out change from epoch
-    to epoch, as the arrays are shuffled unless `shuffle=False`).
-    `validation_split` is applied to the arrays here, as Keras would (the
-    last examples), and validation data keeps all its examples.
-
-    Example:
-
-    ```python
-    args, kwargs = static_batches((x, y), {"epochs": 3}, 64)
-    model.fit(*args, **kwargs)  # every training batch holds 64 examples
-    ```
-
-    Args:
-        args: The positional arguments of `model.fit`.
-        kwargs: The keyword arguments of `model.fit`.
-        batch_size: Positive integer, the global batch size.
-
-    Returns:
-        A tuple `(args, kwargs)` for `model.fit`.
-
-    Raises:
-        ValueError: if the training data holds fewer examples than one batch.
-    """
-    bound = _FIT_SIGNATURE.bind_partial(None, *args, **kwargs)
-    fit_kwargs = dict(bound.arguments)
-    fit_kwargs.pop("self", None)
-    fit_kwargs.update(fit_kwargs.pop("kwargs", {}))
-    x = fit_kwargs.pop("x", None)
-    fit_kwargs.pop("batch_size", None)
-    validation = fit_kwargs.get("validation_data")
-    if isinstance(validation, tf.data.Dataset):
-        if not data.describe_batching(validation)[0]:
-            fit_kwargs["validation_data"] = validation.batch(batch_size)
-    if isinstance(x, tf.data.Dataset):
-        fit_kwargs["shuffle"] = False  # a dataset shuffles itself
-        return (), {
-            "x": data.batch_dataset(x, batch_size, drop_remainder=True),
-            **fit_kwargs,
-        }
-    y = fit_kwargs.pop("y", None)
-    sample_weight = fit_kwargs.pop("sample_weight", None)
-    split = fit_kwargs.pop("validation_split", None) or 0.0
-    shuffle = fit_kwargs.pop("shuffle", True)
-    arrays = tuple(a for a in (x, y, sample_weight) if a is not None)
-    num_examples = int(tf.nest.flatten(x)[0].shape[0])
-    if split:
-        cut = int(math.floor(num_examples * (1.0 - split)))
-        train = tf.nest.map_structure(lambda a: a[:cut], arrays)
-        if fit_kwargs.get("validation_data") is None:
-            fit_kwargs["validation_data"] = tf.nest.map_structure(
-                lambda a: a[cut:], arrays
-            )
-        arrays, num_examples = train, cut
-    if num_examples < batch_size:
-        raise ValueError(
-            f"The training data holds {num_examples} examples, fewer than one "
-            f"batch of {batch_size}: with static batch shapes (TPU) no full "
-            "batch would be left to train on."
-        )
-    dataset = tf.data.Dataset.from_tensor_slices(arrays)
-    if shuffle:
-        dataset = dataset.shuffle(num_examples, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    if fit_kwargs.get("validation_batch_size") is None:
-        fit_kwargs["validation_batch_size"] = batch_size
-    fit_kwargs["shuffle"] = False  # shuffled above, if asked for
-    return (), {"x": dataset.prefetch(tf.data.AUTOTUNE), **fit_kwargs}
-
-
-def patch_for_multi_worker(model):
-    """Lets Keras 3 `fit` a model under a `MultiWorkerMirroredStrategy`.
-
-    Keras 3 (3.15 included; keras-team/keras#20585) fails there in two
-    places: before training it averages the first distributed batch across
-    replicas only to read its shapes, and after each step it averages the
-    per-replica scalar logs with `strategy.reduce("MEAN", v, axis=0)`, which
-    needs a leading axis. This gives the model (this one object) the shapes
-    from this worker's replica, and its train and test steps logs of shape
-    `[1]`, which that reduction averages across all replicas of all workers.
-    Epoch logs, read from the metrics, are unchanged: global.
-
-    Example:
-
-    ```python
-    with multi_worker_strategy.scope():
-        model = build_model()
-    patch_for_multi_worker(model)
-    model.fit(x, y, batch_size=64)
-    ```
-
-    Args:
-        model: A compiled `keras.Model` built under a multi-worker strategy.
-    """
-    if getattr(model, "_batchtune_multi_worker", False):
-        return
-    strategy = model.distribute_strategy
-
-    def local(value):
-        if isinstance(value, tf.distribute.DistributedValues):
-            return strategy.experimental_local_results(value)[0]
-        return value
-
-    def maybe_symbolic_build(iterator=None, data_batch=None):
-        if iterator is not None:
-            for _, _, batches in iterator:
-                data_batch = tf.nest.map_structure(local, next(batches))
-                break
-        with strategy.scope():
-            model._symbolic_build(data_batch=data_batch)
-
-    def with_leading_axis(step):
-        def wrapped(data):
-            return tf.nest.map_structure(
-                lambda v: v if v is None else tf.reshape(v, [1]), step(data)
-            )
-
-        return wrapped
-
-    model._maybe_symbolic_build = maybe_symbolic_build
-    model.train_step = with_leading_axis(model.train_step)
-    model.test_step = with_leading_axis(model.test_step)
-    model._batchtune_multi_worker = True

@@ -1,23 +1,44 @@
-"""Measures the gradient noise scale of a Keras model (TensorFlow backend).
+"""Measures the gradient noise scale of a Keras model, on every backend.
 
-The maths lives in `noise.py`; this module only computes the squared norms
-of mean gradients at two batch sizes with a `tf.GradientTape`, without
-updating anything.
+The maths lives in `noise.py`; the backend's `GradientNoiseProbe`
+(`keras_batchtune/backend/<backend>/gradients.py`) computes the squared
+norms of mean gradients at two batch sizes without updating anything; this
+module samples the batches and joins them.
 """
 
-import inspect
-
+import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_batchtune import backend
 from keras_batchtune import data as data_module
 from keras_batchtune import noise
 from keras_batchtune import scaling
 
+GradientNoiseProbe = backend.gradients.GradientNoiseProbe
 
-def _strategy_of(model):
-    strategy = getattr(model, "distribute_strategy", None)
-    return strategy or tf.distribute.get_strategy()
+
+def data_parallel_devices():
+    """The devices each batch is split over by the global distribution.
+
+    Those of a `keras.distribution.DataParallel` set with
+    `keras.distribution.set_distribution` (JAX); 1 without one, under
+    another distribution, and on backends without `keras.distribution`
+    (TensorFlow's replicas are its `tf.distribute` strategy's). A probe
+    made under such a distribution takes each device's gradient as a
+    small batch (see `GradientNoiseProbe`).
+
+    Example:
+
+    ```python
+    keras.distribution.set_distribution(keras.distribution.DataParallel())
+    data_parallel_devices()  # 8 on 8 TPU cores
+    ```
+
+    Returns:
+        A positive integer.
+    """
+    count = getattr(backend.gradients, "data_parallel_devices", None)
+    return 1 if count is None else count()
 
 
 def _split_element(element):
@@ -27,238 +48,23 @@ def _split_element(element):
     return element, None, None
 
 
-class GradientNoiseProbe:
-    """Squared norms of mean gradients at a small and a large batch size.
-
-    Calling the probe on one large batch of `large_batch_size` examples
-    computes the gradient of the model's compiled loss (regularization
-    losses included, as in `fit`) over the trainable weights on each of its
-    consecutive small batches of `small_batch_size` examples, and returns
-    the mean of their squared norms `|G_small|^2` and the squared norm of
-    their mean, which is the large batch's gradient, `|G_big|^2`. The
-    forward pass runs in training mode (dropout, batch statistics), as in
-    `fit`; nothing is updated: no weight, no optimizer state, and the
-    non-trainable variables (batch-norm moving statistics, seed generator
-    states) and metric variables are restored after each call. The probe
-    traces its `tf.function` once and can be called every epoch.
-
-    Under a `tf.distribute` strategy (the model built in its scope) each
-    replica takes its consecutive share of the large batch, computes the
-    gradients of its own small batches, and the replica means are
-    all-reduced into the large batch's gradient exactly as in a training
-    step; the small-batch norms cost one extra scalar all-reduce. This is
-    AdaptDL's method (Pollux, arXiv 2008.12260): per-replica gradients
-    before the all-reduce are small batches for free. It needs
-    `large_batch_size` to be a multiple of `num_replicas * small_batch_size`
-    (with `small_batch_size = large_batch_size / num_replicas`, the replica
-    gradients themselves are the small batches).
-
-    Example:
-
-    ```python
-    probe = GradientNoiseProbe(model, small_batch_size=32,
-                               large_batch_size=512)
-    small_sq_norm, large_sq_norm = probe(x[:512], y[:512])
-    ```
-
-    Args:
-        model: A compiled Keras model (TensorFlow backend).
-        small_batch_size: Positive integer, `B_small`.
-        large_batch_size: Positive integer, a multiple of
-            `small_batch_size` (times the number of replicas under a
-            strategy).
-
-    Raises:
-        ValueError: naming the argument, if a batch size is not a positive
-            integer, `small_batch_size >= large_batch_size`, or
-            `large_batch_size` is not a multiple of `small_batch_size`
-            (times the number of replicas); if the model is not compiled
-            or has no trainable weights.
-    """
-
-    def __init__(self, model, *, small_batch_size, large_batch_size):
-        small, large = noise.check_batch_sizes(
-            small_batch_size, large_batch_size
-        )
-        self.strategy = _strategy_of(model)
-        replicas = self.strategy.num_replicas_in_sync
-        if large % (small * replicas):
-            where = (
-                f" times the {replicas} replicas of the model's strategy"
-                if replicas > 1
-                else ""
-            )
-            raise ValueError(
-                "`large_batch_size` must be a multiple of `small_batch_size`"
-                f"{where}. Received: large_batch_size={large}, "
-                f"small_batch_size={small}"
-            )
-        if not getattr(model, "compiled", False):
-            raise ValueError(
-                "`model` must be compiled with a loss before its gradient "
-                "noise scale can be measured."
-            )
-        self.model = model
-        self.small_batch_size = small
-        self.large_batch_size = large
-        self.num_replicas = replicas
-        self._small_per_replica = large // (small * replicas)
-        self._loss_has_training_arg = (
-            "training" in inspect.signature(model.compute_loss).parameters
-        )
-        self._function = tf.function(self._distributed_step)
-
-    def _loss(self, x, y, sample_weight):
-        model = self.model
-        y_pred = model(x, training=True)
-        kwargs = {"training": True} if self._loss_has_training_arg else {}
-        return model.compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, **kwargs
-        )
-
-    def _replica_step(self, batch):
-        """Runs on each replica: its small batches, then the all-reduce."""
-        x, y, sample_weight = batch
-        context = tf.distribute.get_replica_context()
-        replicas = context.num_replicas_in_sync
-        weights = self.model.trainable_variables
-        small = self.small_batch_size
-        count = self._small_per_replica
-
-        def split(tensor):
-            # (count * small, ...) -> (count, small, ...).
-            if tensor is None:
-                return None
-            shape = tf.concat([[count, small], tf.shape(tensor)[1:]], 0)
-            return tf.reshape(tensor, shape)
-
-        x, y, sample_weight = tf.nest.map_structure(
-            split, (x, y, sample_weight)
-        )
-        grad_sum = [tf.zeros(w.shape, "float32") for w in weights]
-        small_sq_sum = tf.constant(0.0, "float32")
-        for index in tf.range(count):
-            xs, ys, ws = tf.nest.map_structure(
-                lambda t: None if t is None else t[index],
-                (x, y, sample_weight),
-            )
-            with tf.GradientTape() as tape:
-                loss = self._loss(xs, ys, ws)
-                # Keras divides the loss by the number of replicas so that
-                # summed replica gradients are the mean; undo it to get this
-                # replica's own mean gradient.
-                loss = tf.cast(loss, "float32") * float(replicas)
-            grads = tape.gradient(loss, weights)
-            grads = [
-                tf.zeros(w.shape, "float32")
-                if g is None
-                else tf.cast(tf.convert_to_tensor(g), "float32")
-                for g, w in zip(grads, weights)
-            ]
-            small_sq_sum += tf.add_n([tf.reduce_sum(g * g) for g in grads])
-            grad_sum = [a + g for a, g in zip(grad_sum, grads)]
-        local_mean = [g / float(count) for g in grad_sum]
-        if replicas > 1:
-            large_grads = context.all_reduce("MEAN", local_mean)
-            small_sq_sum = context.all_reduce("SUM", small_sq_sum)
-        else:
-            large_grads = local_mean
-        large_sq = tf.add_n([tf.reduce_sum(g * g) for g in large_grads])
-        small_sq = small_sq_sum / float(count * replicas)
-        return small_sq, large_sq
-
-    def _distributed_step(self, batch):
-        small_sq, large_sq = self.strategy.run(
-            self._replica_step, args=(batch,)
-        )
-        local = self.strategy.experimental_local_results
-        return local(small_sq)[0], local(large_sq)[0]
-
-    def _distribute(self, batch):
-        if self.num_replicas == 1:
-            return batch
-        share = self.large_batch_size // self.num_replicas
-
-        def replica_share(context):
-            start = context.replica_id_in_sync_group * share
-            return tf.nest.map_structure(
-                lambda t: None if t is None else t[start : start + share],
-                batch,
-            )
-
-        return self.strategy.experimental_distribute_values_from_function(
-            replica_share
-        )
-
-    def _build(self, batch):
-        """Builds an unbuilt model or compiled loss eagerly, in scope."""
-        model = self.model
-        compile_loss = getattr(model, "_compile_loss", None)
-        if model.built and getattr(compile_loss, "built", True):
-            return
-        x, y, sample_weight = tf.nest.map_structure(
-            lambda t: None if t is None else t[: self.small_batch_size], batch
-        )
-        with self.strategy.scope():
-            y_pred = model(x, training=False)
-            model.compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight
-            )
-
-    def __call__(self, x, y=None, sample_weight=None):
-        """Measures one large batch.
-
-        Args:
-            x: Inputs of exactly `large_batch_size` examples (array, tensor,
-                or a dict/list of them).
-            y: Targets, or None.
-            sample_weight: Sample weights, or None.
-
-        Returns:
-            The pair `(small_sq_norm, large_sq_norm)` of floats:
-            `|G_small|^2` averaged over the small batches, and `|G_big|^2`.
-
-        Raises:
-            ValueError: if the batch does not hold `large_batch_size`
-                examples.
-        """
-        batch = tf.nest.map_structure(
-            lambda t: None if t is None else tf.convert_to_tensor(t),
-            (x, y, sample_weight),
-        )
-        size = int(tf.nest.flatten(batch[0])[0].shape[0])
-        if size != self.large_batch_size:
-            raise ValueError(
-                f"The batch must hold `large_batch_size`="
-                f"{self.large_batch_size} examples. Received: {size}"
-            )
-        self._build(batch)
-        model = self.model
-        saved = {
-            id(v): (v, v.numpy())
-            for v in list(model.non_trainable_variables)
-            + list(model.metrics_variables)
-        }
-        try:
-            small_sq, large_sq = self._function(self._distribute(batch))
-        finally:
-            for variable, value in saved.values():
-                variable.assign(value)
-        return float(small_sq), float(large_sq)
-
-
 def _take(tensor, index):
     if tensor is None:
         return None
     if isinstance(tensor, np.ndarray):
         return tensor[index]
-    return tf.gather(tensor, index)
+    if data_module.is_tf_dataset(tensor) or not hasattr(tensor, "shape"):
+        raise ValueError(f"Cannot index {type(tensor).__name__}")
+    try:
+        return keras.ops.take(tensor, index, axis=0)
+    except Exception:  # noqa: BLE001 - a tensor of another framework
+        return np.asarray(tensor)[index]
 
 
 def _array_batches(data, large_batch_size, num_batches, shuffle, seed):
     """Yields `(x, y, sample_weight)` large batches from arrays."""
     x, y, sample_weight = _split_element(tuple(data))
-    leaves = [t for t in tf.nest.flatten(x) if t is not None]
+    leaves = [t for t in keras.tree.flatten(x) if t is not None]
     size = int(np.shape(leaves[0])[0])
     if size < large_batch_size:
         raise ValueError(
@@ -274,15 +80,20 @@ def _array_batches(data, large_batch_size, num_batches, shuffle, seed):
             position = 0
         index = order[position : position + large_batch_size]
         position += large_batch_size
-        yield tf.nest.map_structure(
-            lambda t: _take(t, index), (x, y, sample_weight)
+        yield tuple(
+            keras.tree.map_structure(lambda t: _take(t, index), part)
+            if part is not None
+            else None
+            for part in (x, y, sample_weight)
         )
 
 
 def _dataset_batches(dataset, large_batch_size, num_batches):
     """Yields `(x, y, sample_weight)` large batches from a dataset."""
-    size = int(dataset.cardinality())
-    if 0 <= size < large_batch_size:
+    from keras_batchtune.backend import tf_data
+
+    size = tf_data.cardinality(dataset)
+    if size is not None and size < large_batch_size:
         raise ValueError(
             f"`data` yields {size} examples, fewer than "
             f"`large_batch_size`={large_batch_size}."
@@ -327,11 +138,21 @@ def gradient_noise_scale(
     mode; no weight, optimizer state, non-trainable variable or metric is
     changed.
 
-    Under a `tf.distribute` strategy (a model built in its scope), each
-    replica's gradients before the all-reduce are small batches (AdaptDL's
-    method, Pollux, arXiv 2008.12260): the measurement costs one scalar
-    all-reduce more than a training step. `large_batch_size` must then be a
-    multiple of `num_replicas * small_batch_size`. See `GradientNoiseProbe`.
+    It runs on every Keras backend: a `tf.GradientTape` on TensorFlow,
+    `jax.grad` over Keras's stateless API (one jitted function) on JAX,
+    `torch.autograd.grad` on PyTorch. Under a `tf.distribute` strategy
+    (TensorFlow; a model built in its scope), each replica's gradients
+    before the all-reduce are small batches (AdaptDL's method, Pollux,
+    arXiv 2008.12260): the measurement costs one scalar all-reduce more
+    than a training step. `large_batch_size` must then be a multiple of
+    `num_replicas * small_batch_size`. On JAX under a
+    `keras.distribution.DataParallel` over several devices the same holds
+    per device: each device differentiates its own shard of the large batch
+    with no communication (`jax.shard_map`), and one all-reduce gives both
+    norms; `large_batch_size` must be a multiple of
+    `devices * small_batch_size`. Elsewhere (PyTorch, JAX without such a
+    distribution) the probe measures on one replica. See
+    `GradientNoiseProbe` and `data_parallel_devices`.
 
     Because `|G|^2` is small next to the noise, the estimate needs many
     examples: `num_batches * large_batch_size` of several thousand, with
@@ -349,16 +170,17 @@ def gradient_noise_scale(
     ```
 
     Args:
-        model: A compiled Keras model (TensorFlow backend).
-        data: A tuple `(x, y)` or `(x, y, sample_weight)` of arrays or
-            tensors (`x` may be a dict or list of them), or an unbatched
-            `tf.data.Dataset` of such tuples. Arrays are sampled without
+        model: A compiled Keras model (any backend).
+        data: A tuple `(x, y)` or `(x, y, sample_weight)` of numpy arrays
+            or tensors of the backend (`x` may be a dict or list of them),
+            or, where TensorFlow is installed, a `tf.data.Dataset` of such
+            tuples (on any backend). Arrays are sampled without
             replacement, pass after pass (shuffled unless `shuffle=False`);
             a dataset is read in its own order, repeated if needed (a
             batched one is unbatched first).
         small_batch_size: Positive integer, `B_small`.
         large_batch_size: Positive integer, a multiple of
-            `small_batch_size`.
+            `small_batch_size` (times the replicas or devices, see above).
         num_batches: Positive integer, the number of large batches.
         shuffle: Boolean, shuffle arrays (default True).
         seed: Integer or None, the shuffling seed.
@@ -378,7 +200,7 @@ def gradient_noise_scale(
         small_batch_size=small_batch_size,
         large_batch_size=large_batch_size,
     )
-    if isinstance(data, tf.data.Dataset):
+    if data_module.is_tf_dataset(data):
         if data_module.describe_batching(data)[0]:
             data = data.unbatch()
         batches = _dataset_batches(data, probe.large_batch_size, num_batches)

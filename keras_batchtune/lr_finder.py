@@ -1,4 +1,10 @@
-"""`find_learning_rate`: the learning-rate range test (Smith 2017)."""
+"""`find_learning_rate`: the learning-rate range test (Smith 2017).
+
+The rising learning rate is a `LearningRateSchedule` the optimizer
+evaluates inside its compiled step, so the test runs the same way on every
+Keras backend (a JAX step holds the optimizer's variables as its own state
+between steps: a callback assigning the learning rate would not reach it).
+"""
 
 import math
 
@@ -8,6 +14,7 @@ import numpy as np
 from keras_batchtune import band as band_module
 from keras_batchtune import coupling
 from keras_batchtune import memory
+from keras_batchtune.backend import keras_internals
 
 
 class LearningRateFinderResult:
@@ -95,20 +102,54 @@ class LearningRateFinderResult:
         return figure
 
 
-class _RangeTest(keras.callbacks.Callback):
-    """Raises the learning rate exponentially each batch, records the loss."""
+class _ExponentialRamp(keras.optimizers.schedules.LearningRateSchedule):
+    """`min * (max / min) ** (k / (num_steps - 1))` at the test's step `k`.
 
-    def __init__(self, optimizer, rates, smoothing, stop_factor):
+    Keras evaluates a schedule at the optimizer's raw step counter, one
+    count per batch (micro-batches included), so `k` is that counter minus
+    its value when the test starts.
+
+    Args:
+        min_learning_rate: Positive float, the rate of the first step.
+        max_learning_rate: Float, the rate of step `num_steps - 1`.
+        num_steps: Integer >= 2.
+        start_step: Integer, the optimizer's step count at the first step.
+    """
+
+    def __init__(
+        self, min_learning_rate, max_learning_rate, num_steps, start_step
+    ):
+        self.min_learning_rate = float(min_learning_rate)
+        self.max_learning_rate = float(max_learning_rate)
+        self.num_steps = int(num_steps)
+        self.start_step = int(start_step)
+
+    def __call__(self, step):
+        # Subtract in integers: a float32 step count is exact only to 2**24.
+        done = keras.ops.subtract(step, self.start_step)
+        fraction = keras.ops.cast(done, "float32") / float(self.num_steps - 1)
+        fraction = keras.ops.clip(fraction, 0.0, 1.0)
+        ratio = self.max_learning_rate / self.min_learning_rate
+        return self.min_learning_rate * keras.ops.power(ratio, fraction)
+
+    def get_config(self):
+        return {
+            "min_learning_rate": self.min_learning_rate,
+            "max_learning_rate": self.max_learning_rate,
+            "num_steps": self.num_steps,
+            "start_step": self.start_step,
+        }
+
+
+class _RangeTest(keras.callbacks.Callback):
+    """Records each batch's loss; stops the test once the loss diverges."""
+
+    def __init__(self, smoothing, stop_factor):
         super().__init__()
-        self.optimizer = optimizer
-        self.rates = rates
         self.smoothing = smoothing
         self.stop_factor = stop_factor
         self.losses = []
         self._running_mean = 0.0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.optimizer.learning_rate = self.rates[batch]
 
     def on_train_batch_end(self, batch, logs=None):
         # Keras logs the mean loss since the start of the epoch (the test is
@@ -142,7 +183,9 @@ def find_learning_rate(
     `max_learning_rate` (Smith 2017, arXiv 1506.01186; Lightning's
     `lr_find`), and stops early once the smoothed loss exceeds
     `stop_factor` times its minimum. The model's weights, its optimizer's
-    variables and its learning rate are put back afterwards. The suggestion
+    variables (slots, step count) and its learning rate (the same variable
+    or schedule object) are put back afterwards. It runs on every Keras
+    backend. The suggestion
     holds for `batch_size`; `keras_batchtune.scale_learning_rate` carries it
     to other batch sizes.
 
@@ -191,23 +234,29 @@ def find_learning_rate(
             "`model` must be compiled with an optimizer before "
             "`find_learning_rate`."
         )
-    optimizer = coupling._inner_optimizer(model.optimizer)
-    original_learning_rate = coupling.get_base_learning_rate(optimizer)
+    optimizer = coupling.inner_optimizer(model.optimizer)
+    coupling.get_base_learning_rate(optimizer)  # refuses a bare callable
+    original_learning_rate = keras_internals.optimizer_learning_rate(optimizer)
+    data = x if y is None else (x, y)
+    if not model.built:
+        # Its weights must exist to be copied and put back.
+        memory._build(model, data)
     state = memory._ModelState(model)
-    fit_args, fit_kwargs = memory._probe_data(
-        x if y is None else (x, y), batch_size, num_steps
-    )
+    fit_args, fit_kwargs = memory._probe_data(data, batch_size, num_steps)
     # Arrays are tiled in order, so shuffle them; a dataset is used as is.
     fit_kwargs["shuffle"] = "batch_size" in fit_kwargs
     rates = np.geomspace(min_learning_rate, max_learning_rate, num_steps)
-    schedule_given = not isinstance(optimizer._learning_rate, keras.Variable)
-    if schedule_given:
-        # A schedule cannot be set step by step: train with a variable.
-        optimizer._learning_rate = keras.Variable(
-            float(rates[0]), dtype=keras.config.floatx(), trainable=False
-        )
-        model.train_function = None
-    callback = _RangeTest(optimizer, rates, smoothing, stop_factor)
+    start_step = keras.ops.convert_to_numpy(
+        keras_internals.optimizer_iterations(optimizer)
+    )
+    # The optimizer reads the rising rate from a schedule, inside its step;
+    # the step is traced again with it, and again after.
+    ramp = _ExponentialRamp(
+        min_learning_rate, max_learning_rate, num_steps, start_step
+    )
+    keras_internals.set_optimizer_learning_rate(optimizer, ramp)
+    model.train_function = None
+    callback = _RangeTest(smoothing, stop_factor)
     try:
         model.fit(
             *fit_args,
@@ -218,11 +267,10 @@ def find_learning_rate(
         )
     finally:
         state.restore()
-        if schedule_given:
-            optimizer._learning_rate = original_learning_rate
-            model.train_function = None
-        else:
-            optimizer.learning_rate = original_learning_rate
+        keras_internals.set_optimizer_learning_rate(
+            optimizer, original_learning_rate
+        )
+        model.train_function = None
         model.stop_training = False
     losses = callback.losses
     return LearningRateFinderResult(

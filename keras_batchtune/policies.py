@@ -963,7 +963,11 @@ class GoodputPolicy(ResizePolicy):
             self.candidates(current),
             key=lambda size: (self.goodput(size, b_simple), -size),
         )
-        gain = self.goodput(best, b_simple) / now
+        best_goodput = self.goodput(best, b_simple)
+        if now > 0:
+            gain = best_goodput / now
+        else:  # a throughput so small that the goodput underflows to 0
+            gain = math.inf if best_goodput > 0 else 1.0
         if best == current or gain <= 1.0 + self.min_gain:
             return Decision(current)
         return Decision(

@@ -9,14 +9,18 @@ old one (a rename within a directory is atomic on POSIX and Windows), so
 the file always holds either its previous or its new content; and reading
 raises `ProjectFileError` naming the file.
 
-Local files need no TensorFlow; remote ones (`gs://...`) are read and
-written through `tf.io.gfile`, imported only for them.
+Local files need no TensorFlow, on any backend; remote ones (`gs://...`)
+are read and written through `tf.io.gfile`, imported only for them (where
+TensorFlow is not installed, a remote path raises a `ValueError` that says
+so).
 """
 
 import glob
 import json
 import os
 import uuid
+
+from keras_batchtune.backend import tf_gfile
 
 TRIAL_FILE_PATTERN = os.path.join("trial_*", "trial.json")
 """The trial files of a project, relative to its directory."""
@@ -52,12 +56,15 @@ def _is_local(path):
     return "://" not in str(path)
 
 
+def _gfile(path):
+    """TensorFlow's `tf.io.gfile`, for a remote path; a clear error without."""
+    return tf_gfile.gfile(path)
+
+
 def _open(path, mode):
     if _is_local(path):
         return open(path, mode)
-    import tensorflow as tf
-
-    return tf.io.gfile.GFile(path, mode)
+    return _gfile(path).GFile(path, mode)
 
 
 def write_json(path, state):
@@ -154,7 +161,5 @@ def trial_files(project_dir):
     if _is_local(project_dir):
         pattern = os.path.join(glob.escape(project_dir), TRIAL_FILE_PATTERN)
         return sorted(glob.glob(pattern))
-    import tensorflow as tf
-
     pattern = os.path.join(project_dir, TRIAL_FILE_PATTERN)
-    return sorted(tf.io.gfile.glob(pattern))
+    return sorted(_gfile(pattern).glob(pattern))

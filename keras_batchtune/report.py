@@ -9,6 +9,7 @@ import keras_tuner
 from keras_batchtune import ranking
 from keras_batchtune import space
 from keras_batchtune import trial_fit
+from keras_batchtune.backend import keras_tuner_internals
 from keras_batchtune.oracle import BatchSearchOracle
 from keras_batchtune.oracle import failure_reason
 from keras_batchtune.oracle import fit_seconds
@@ -381,7 +382,7 @@ def load_project(project_dir):
     oracle = BatchSearchOracle(
         objective=objective, tolerance=_saved_tolerance(project_dir)
     )
-    oracle._set_project_dir(*os.path.split(project_dir))
+    keras_tuner_internals.set_project_dir(oracle, *os.path.split(project_dir))
     oracle.reload()
     if objective is None:
         oracle.objective = _inferred_objective(oracle) or oracle.objective

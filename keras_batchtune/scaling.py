@@ -19,6 +19,7 @@ import math
 import numbers
 
 LR_SCALING_RULES = ("linear", "sqrt", "none")
+"""The names of the built-in rules; `lr_scaling` also takes a callable."""
 
 _RULES = {
     "linear": lambda ratio: ratio,

@@ -205,6 +205,45 @@ a per-core batch of 128 fills the 128 x 128 matrix unit.
 """
 
 
+def per_device_multiple(device_kind):
+    """The multiple each device's share of a batch keeps: 8 on TPU, else 1.
+
+    A TPU core's matrix units work on the batch dimension in blocks of 8
+    rows (XLA tiles TPU tensors as 8 x 128 and pads every other size up to
+    them): a per-core batch that is not a multiple of 8 is padded, and the
+    padding rows cost compute without training anything. GPUs and CPUs have
+    no such tile, so any per-device batch is kept.
+
+    Example:
+
+    ```python
+    per_device_multiple("tpu")  # 8
+    per_device_multiple("TPU v5 lite")  # 8: a JAX device_kind
+    per_device_multiple("tpu:3")  # 8: a Keras device name
+    per_device_multiple("gpu")  # 1
+    ```
+
+    Args:
+        device_kind: A string naming the kind of device: a platform
+            (`"tpu"`, `"gpu"`, `"cpu"`), a Keras device name (`"tpu:0"`) or
+            a JAX `device_kind` (`"TPU v4"`, `"NVIDIA H100"`).
+
+    Returns:
+        `TPU_PER_CORE_MULTIPLE` for a TPU, else 1.
+
+    Raises:
+        ValueError: if `device_kind` is not a non-empty string.
+    """
+    if not isinstance(device_kind, str) or not device_kind.strip():
+        raise ValueError(
+            "`device_kind` must be a non-empty string such as 'tpu', 'gpu' "
+            f"or 'cpu'. Received: device_kind={device_kind!r}"
+        )
+    if device_kind.strip().lower().startswith("tpu"):
+        return TPU_PER_CORE_MULTIPLE
+    return 1
+
+
 def batch_size_unit(num_replicas=1, per_replica=False, per_replica_multiple=1):
     """The number every searched batch size must be a multiple of.
 
@@ -246,6 +285,9 @@ def aligned_batch_range(
     `min_batch_size` is rounded up and `max_batch_size` down to multiples of
     `batch_size_unit(num_replicas, per_replica, per_replica_multiple)`; the
     log-step grid from the rounded minimum then holds only such multiples.
+    A global `min_batch_size` below the replica count is aligned up the same
+    way (to one example per replica at least, times the per-replica
+    multiple).
 
     Example:
 
@@ -253,6 +295,7 @@ def aligned_batch_range(
     aligned_batch_range(16, 1024, num_replicas=8, per_replica_multiple=8)
     # (64, 1024): 8 TPU cores, 8 examples per core at least
     aligned_batch_range(3, 100, num_replicas=2)  # (4, 100)
+    aligned_batch_range(4, 512, num_replicas=8)  # (8, 512)
     ```
 
     Args:
@@ -267,17 +310,18 @@ def aligned_batch_range(
 
     Raises:
         ValueError: if a bound is not a positive integer, `min_batch_size >
-            max_batch_size`, a global `min_batch_size` is smaller than
+            max_batch_size`, a global `max_batch_size` is smaller than
             `num_replicas` (less than one example per replica), or no
             multiple of the unit lies in the range.
     """
     check_batch_size_range(min_batch_size, max_batch_size)
-    if not per_replica and min_batch_size < num_replicas:
+    if not per_replica and max_batch_size < num_replicas:
         raise ValueError(
-            "`min_batch_size` is a global batch split across "
-            f"{num_replicas} replicas, so it must be >= {num_replicas} (at "
-            "least one example per replica). Received: "
-            f"min_batch_size={min_batch_size}. Use min_batch_size >= "
+            "`max_batch_size` is a global batch split across "
+            f"{num_replicas} replicas (devices), so it must be >= "
+            f"{num_replicas}: a smaller batch leaves less than one example "
+            "per replica. Received: "
+            f"max_batch_size={max_batch_size}. Use max_batch_size >= "
             f"{num_replicas}, or per_replica=True."
         )
     unit = batch_size_unit(num_replicas, per_replica, per_replica_multiple)

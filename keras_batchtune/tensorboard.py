@@ -11,6 +11,9 @@ TensorBoard's hparams summary API:
 
 - hparams: every active hyperparameter of the trial under its own name
   (`batch_size` among them), `effective_learning_rate` and `lr_scaling`;
+  with `lr_scaling="auto"`, `lr_scaling_rule` (the rule the trial trained
+  with, `"linear"` or `"sqrt"`); with `couple_weight_decay=True`,
+  `effective_weight_decay`;
 - metrics, as scalars at step 0 of the session's own run: the objective
   (its best-epoch value, as the oracle scores it), `examples_per_second`
   and `fit_seconds`;
@@ -23,8 +26,16 @@ first, so that each trial shows once.
 
 The per-epoch scalars (`epoch_batch_size`, `epoch_learning_rate`, and
 `epoch_gradient_noise_scale` under a dynamic batch size) are written by the
-Keras `TensorBoard` callback itself from the epoch logs, in the `train` run
-of the session.
+`TensorBoard` callback from the epoch logs, in the `train` run of the
+session.
+
+Every backend writes the same logs. On TensorFlow, sessions are written
+with `tf.summary` and the user's `keras.callbacks.TensorBoard` writes the
+scalars. On JAX and PyTorch, where Keras's callback needs TensorFlow's
+summary API, sessions go through the `tensorboard` package's own event
+writer, and each trial runs `keras_batchtune.tensorboard.TensorBoard` (the
+same scalars, through that writer) in place of the user's callback
+(`keras_batchtune/backend/common/summary.py`).
 """
 
 import dataclasses
@@ -34,12 +45,26 @@ import warnings
 
 import keras
 
+from keras_batchtune import backend
+from keras_batchtune import optimizer_rules
 from keras_batchtune import space
 from keras_batchtune import trial_fit
+from keras_batchtune.backend import keras_tuner_internals
 
 EFFECTIVE_LEARNING_RATE = trial_fit.EFFECTIVE_LEARNING_RATE
+EFFECTIVE_WEIGHT_DECAY = trial_fit.EFFECTIVE_WEIGHT_DECAY
 LR_SCALING = "lr_scaling"
+LR_SCALING_RULE = "lr_scaling_rule"
 SESSION_METRICS = (trial_fit.EXAMPLES_PER_SECOND, trial_fit.FIT_SECONDS)
+
+TensorBoard = backend.summary.TensorBoard
+"""The scalars of `keras.callbacks.TensorBoard` without TensorFlow.
+
+A Keras callback writing `epoch_<name>` scalars (the learning rate among
+them) under `<log_dir>/train` and `<log_dir>/validation` with the
+`tensorboard` package's event writer; it runs on every backend. See
+`keras_batchtune/backend/common/tensorboard_callback.py`.
+"""
 
 
 def is_tensorboard_callback(callback):
@@ -79,7 +104,15 @@ class HParamsSessions:
     KerasTuner would add, is not added: it would write the hyperparameters
     a second time, without the ones known only after `fit`.
 
-    Only the TensorFlow backend writes TensorBoard logs, as in KerasTuner.
+    Every backend writes these logs (KerasTuner writes them on TensorFlow
+    only). On JAX and PyTorch, `keras.callbacks.TensorBoard` cannot write
+    without TensorFlow's summary API, so each trial replaces it by
+    `keras_batchtune.tensorboard.TensorBoard`, which writes the same
+    scalars in the same layout through the `tensorboard` package's event
+    writer (the user's `log_dir`, `histogram_freq`, `write_graph`,
+    `write_steps_per_second` and `update_freq` are kept; images,
+    embeddings and profiling are not written there), and sessions are
+    written through that writer too.
 
     Example:
 
@@ -93,13 +126,14 @@ class HParamsSessions:
     """
 
     def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
-        if keras.backend.backend() != "tensorflow":
-            return
         logdirs = []
-        for callback in callbacks:
+        for index, callback in enumerate(callbacks):
             if is_tensorboard_callback(callback):
-                logdir = self._get_tensorboard_dir(
-                    callback.log_dir, trial.trial_id, execution
+                # Keras's callback where the backend can run it, else ours.
+                callback = backend.summary.trial_callback(callback)
+                callbacks[index] = callback
+                logdir = keras_tuner_internals.tensorboard_dir(
+                    self, callback.log_dir, trial.trial_id, execution
                 )
                 _clear(logdir)
                 callback.log_dir = logdir
@@ -138,11 +172,19 @@ class HParamsSessions:
         """Writes one execution's session; `result` None means it failed."""
         objective = self.oracle.objective
         row = None if result is None else best_epoch_logs(result, objective)
+        lr_scaling = getattr(self, "lr_scaling", None)
+        rule = None
+        if lr_scaling == optimizer_rules.AUTO:
+            rule = optimizer_rules.rule_from_exponent(
+                (row or {}).get(trial_fit.LR_SCALING_EXPONENT)
+            )
         hparams = session_hparams(
             trial.hyperparameters,
             batch_size=(row or {}).get(trial_fit.BATCH_SIZE_LOG),
             effective_learning_rate=(row or {}).get(EFFECTIVE_LEARNING_RATE),
-            lr_scaling=getattr(self, "lr_scaling", None),
+            lr_scaling=lr_scaling,
+            lr_scaling_rule=rule,
+            effective_weight_decay=(row or {}).get(EFFECTIVE_WEIGHT_DECAY),
         )
         metrics = {} if row is None else session_metrics(row, objective)
         for logdir in execution.logdirs:
@@ -164,10 +206,7 @@ def _clear(logdir):
     directory; its old events would otherwise double its curves and
     sessions.
     """
-    import tensorflow as tf
-
-    if tf.io.gfile.isdir(logdir):
-        tf.io.gfile.rmtree(logdir)
+    backend.summary.remove_run(logdir)
 
 
 def lr_scaling_name(lr_scaling):
@@ -190,6 +229,8 @@ def session_hparams(
     batch_size=None,
     effective_learning_rate=None,
     lr_scaling=None,
+    lr_scaling_rule=None,
+    effective_weight_decay=None,
 ):
     """The hparams of a session: the trial's values and the coupling's.
 
@@ -210,10 +251,13 @@ def session_hparams(
             hyperparameters hold no `batch_size`; None to leave it out.
         effective_learning_rate: The learning rate after scaling, or None.
         lr_scaling: The scaling rule (see `lr_scaling_name`), or None.
+        lr_scaling_rule: The rule `lr_scaling="auto"` picked for the
+            trial's optimizer (`"linear"` or `"sqrt"`), or None.
+        effective_weight_decay: The coupled weight decay, or None.
 
     Returns:
         A dict from names to bool, int, float or str values. A hypermodel's
-        own entry named `effective_learning_rate` or `lr_scaling` is kept.
+        own entry of one of these names is kept.
     """
     hparams = {}
     for hp in hyperparameters.space:
@@ -226,6 +270,8 @@ def session_hparams(
         space.BATCH_SIZE: batch_size,
         EFFECTIVE_LEARNING_RATE: effective_learning_rate,
         LR_SCALING: None if lr_scaling is None else lr_scaling_name(lr_scaling),
+        LR_SCALING_RULE: lr_scaling_rule,
+        EFFECTIVE_WEIGHT_DECAY: effective_weight_decay,
     }
     for name, value in extra.items():
         if value is not None and name not in hparams:
@@ -311,9 +357,10 @@ def write_session(
 ):
     """Writes one HParams session into a run directory.
 
-    Uses TensorBoard's hparams summary API: `hparams_api.hparams` for the
-    session start (hyperparameter values), one scalar at step 0 per metric,
-    and the session end with its status.
+    The session start (hyperparameter values, from TensorBoard's hparams
+    summary API), one scalar at step 0 per metric, and the session end with
+    its status: with `tf.summary` on TensorFlow, with the `tensorboard`
+    package's event writer on JAX and PyTorch (no TensorFlow needed).
 
     Example:
 
@@ -336,23 +383,11 @@ def write_session(
             epoch; None for now.
         failed: Whether the session ended in failure.
     """
-    import tensorflow as tf
-    from tensorboard.plugins.hparams import api as hparams_api
-    from tensorboard.plugins.hparams import api_pb2
-    from tensorboard.plugins.hparams import summary as hparams_summary
-
-    status = api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS
-    writer = tf.summary.create_file_writer(str(logdir))
-    try:
-        with writer.as_default():
-            hparams_api.hparams(
-                hparams, trial_id=group_name, start_time_secs=start_time_secs
-            )
-            for name, value in metrics.items():
-                tf.summary.scalar(name, value, step=0)
-            end = hparams_summary.session_end_pb(status)
-            tf.summary.experimental.write_raw_pb(
-                end.SerializeToString(), step=0
-            )
-    finally:
-        writer.close()
+    backend.summary.write_session(
+        logdir,
+        hparams,
+        metrics,
+        group_name=group_name,
+        start_time_secs=start_time_secs,
+        failed=failed,
+    )

@@ -5,7 +5,6 @@ import math
 import time
 
 import keras
-import tensorflow as tf
 from keras_tuner import errors
 
 from keras_batchtune import accumulation
@@ -13,6 +12,7 @@ from keras_batchtune import coupling
 from keras_batchtune import data
 from keras_batchtune import distribute
 from keras_batchtune import memory
+from keras_batchtune import optimizer_rules
 from keras_batchtune import resizable_data
 from keras_batchtune import scaling
 from keras_batchtune import space
@@ -20,6 +20,9 @@ from keras_batchtune import space
 KERAS_DEFAULT_BATCH_SIZE = 32
 
 EFFECTIVE_LEARNING_RATE = "effective_learning_rate"
+EFFECTIVE_WEIGHT_DECAY = "effective_weight_decay"
+LR_SCALING_EXPONENT = "lr_scaling_exponent"
+OPTIMIZER_LR_SCALING_EXPONENT = "optimizer_lr_scaling_exponent"
 EXAMPLES_PER_SECOND = "examples_per_second"
 FIT_SECONDS = "fit_seconds"
 MICRO_BATCH_SIZE = "micro_batch_size"
@@ -30,6 +33,7 @@ BATCH_SIZE_LOG = "batch_size"
 LEARNING_RATE_LOG = "learning_rate"
 RECORD_NAMES = (
     EFFECTIVE_LEARNING_RATE,
+    EFFECTIVE_WEIGHT_DECAY,
     EXAMPLES_PER_SECOND,
     FIT_SECONDS,
     MICRO_BATCH_SIZE,
@@ -102,7 +106,7 @@ def _current_learning_rate(model):
     """The optimizer's learning rate at its current step, or None."""
     optimizer = getattr(model, "optimizer", None)
     if not isinstance(
-        coupling._inner_optimizer(optimizer), keras.optimizers.Optimizer
+        coupling.inner_optimizer(optimizer), keras.optimizers.Optimizer
     ):
         return None
     return coupling.current_learning_rate(optimizer)
@@ -144,7 +148,9 @@ class TrialFit:
         reference_batch_size: The batch size the compiled learning rate was
             chosen for, or None to take a batched dataset's batch size, or
             Keras's default of 32.
-        lr_scaling: A rule accepted by `keras_batchtune.scale_learning_rate`.
+        lr_scaling: A rule accepted by `keras_batchtune.scale_learning_rate`,
+            or `"auto"`: the rule of the optimizer's class (see
+            `keras_batchtune.optimizer_rules`).
         warmup_epochs: Epochs of linear warmup to the scaled learning rate.
         max_micro_batch_size: The largest batch that fits in memory, or None.
             A larger batch `B` set by the tuner runs as `k` accumulated
@@ -156,6 +162,9 @@ class TrialFit:
             always coupled to the global batch.
         drop_remainder: Whether to train on full batches only (one batch
             shape), as always under a `TPUStrategy`.
+        couple_weight_decay: Whether to scale the optimizer's decoupled
+            `weight_decay` by `k / s(k)` along with the learning rate, so
+            that the AdamW timescale stays fixed.
     """
 
     def __init__(
@@ -168,8 +177,10 @@ class TrialFit:
         per_replica=False,
         drop_remainder=False,
         dynamic=None,
+        couple_weight_decay=False,
     ):
         self.batch_size = batch_size
+        self.couple_weight_decay = couple_weight_decay
         self.dynamic = dynamic
         self.dynamic_callbacks = []
         self.per_replica = per_replica
@@ -185,8 +196,12 @@ class TrialFit:
         self.tuner_set_batch_size = False
         self.out_of_memory_batch_size = None
         self.effective_learning_rate = None
+        self.effective_weight_decay = None
+        self.lr_scaling_rule = None
+        self.optimizer_lr_scaling_rule = None
         self.fit_seconds = 0.0
         self._base_learning_rate = None
+        self._base_weight_decay = None
         self._recorders = []
 
     def install(self, model):
@@ -215,13 +230,25 @@ class TrialFit:
 
         Returns:
             A dict with `effective_learning_rate`, `examples_per_second` and
-            `fit_seconds`; empty if no fit ran. Throughput leaves out the first
-            epoch (graph tracing) whenever there are several.
+            `fit_seconds`; `lr_scaling_exponent` (the rule trained with:
+            1 linear, 0.5 sqrt, 0 none; absent for a callable) and
+            `optimizer_lr_scaling_exponent` (the rule `lr_scaling="auto"`
+            picks for the optimizer; absent if it has none); and with
+            `couple_weight_decay`, `effective_weight_decay`. Empty if no fit
+            ran. Throughput leaves out the first epoch (graph tracing)
+            whenever there are several.
         """
         if not self._recorders:
             return {}
         records = {
             EFFECTIVE_LEARNING_RATE: self.effective_learning_rate,
+            EFFECTIVE_WEIGHT_DECAY: self.effective_weight_decay,
+            LR_SCALING_EXPONENT: optimizer_rules.rule_exponent(
+                self.lr_scaling_rule
+            ),
+            OPTIMIZER_LR_SCALING_EXPONENT: optimizer_rules.rule_exponent(
+                self.optimizer_lr_scaling_rule
+            ),
             FIT_SECONDS: self.fit_seconds,
         }
         if self.max_micro_batch_size is not None:
@@ -243,7 +270,7 @@ class TrialFit:
     def _reference(self, x):
         if self.reference_batch_size is not None:
             return self.reference_batch_size
-        if isinstance(x, tf.data.Dataset):
+        if data.is_tf_dataset(x):
             batched, batch_size = data.describe_batching(x)
             if batched and batch_size:
                 return batch_size
@@ -256,6 +283,10 @@ class TrialFit:
             # Bad input, or an optimizer without a settable learning rate:
             # every trial would fail alike, so the search stops here.
             raise errors.FatalValueError(str(error)) from error
+        # Over several JAX hosts each host's `fit` feeds its share.
+        for name in ("batch_size", "validation_batch_size"):
+            if kwargs.get(name) is not None:
+                kwargs[name] = distribute.per_process_batch_size(kwargs[name])
         start = time.perf_counter()
         try:
             return original_fit(*args, **kwargs)
@@ -293,7 +324,11 @@ class TrialFit:
             space.check_global_batch_size(batch_size, self.num_replicas)
             self.tuner_set_batch_size = True
             data.check_batchable(x)
+            # Over several JAX hosts each holds its share of the examples
+            # (as many on each) and the batch is global: count them all.
             num_examples = _count_examples(x, kwargs)
+            if num_examples is not None:
+                num_examples *= distribute.data_processes()
             physical_batch_size = self._accumulate(model, batch_size)
             if self.dynamic is not None:
                 args, kwargs = self._make_resizable(args, kwargs, batch_size)
@@ -304,15 +339,17 @@ class TrialFit:
                 x = kwargs["x"]
                 if num_examples is not None:
                     num_examples -= num_examples % physical_batch_size
-            elif isinstance(x, tf.data.Dataset):
-                x = data.batch_dataset(x, physical_batch_size)
+            elif data.is_tf_dataset(x):
+                from keras_batchtune.backend import tf_data
+
+                x = tf_data.batch_dataset(x, physical_batch_size)
                 if args:
                     args[0] = x
                 else:
                     kwargs["x"] = x
                 kwargs.pop("batch_size", None)
                 validation = kwargs.get("validation_data")
-                if isinstance(validation, tf.data.Dataset):
+                if data.is_tf_dataset(validation):
                     if not data.describe_batching(validation)[0]:
                         kwargs["validation_data"] = validation.batch(
                             physical_batch_size
@@ -370,10 +407,17 @@ class TrialFit:
         if self.max_micro_batch_size is None:
             return batch_size
         scale = self.num_replicas if self.per_replica else 1
+        # Each replica's share of a micro-batch keeps the multiple its
+        # device wants (8 per TPU core) where the batch allows it.
+        multiple = self.num_replicas * distribute.per_replica_multiple(
+            distribute.model_strategy(model)
+        )
+        if batch_size % multiple:
+            multiple = self.num_replicas
         micro_batch_size, steps = space.split_batch(
             batch_size,
             self.max_micro_batch_size * scale,
-            multiple=self.num_replicas,
+            multiple=multiple,
         )
         if steps > 1:
             optimizer = model.optimizer
@@ -403,8 +447,12 @@ class TrialFit:
                 )
             updates_per_epoch = steps_per_epoch / self.accumulation_steps
             warmup_steps = max(1, round(self.warmup_epochs * updates_per_epoch))
+        rule, self.optimizer_lr_scaling_rule = coupling.resolve_lr_scaling(
+            optimizer, self.lr_scaling
+        )
+        self.lr_scaling_rule = rule
         multiplier = scaling.learning_rate_multiplier(
-            batch_size, reference, self.lr_scaling
+            batch_size, reference, rule
         )
         self.effective_learning_rate = coupling.set_learning_rate_multiplier(
             optimizer,
@@ -413,6 +461,15 @@ class TrialFit:
             warmup_steps,
             self.accumulation_steps,
         )
+        if self.couple_weight_decay:
+            if self._base_weight_decay is None:
+                self._base_weight_decay = coupling.get_weight_decay(optimizer)
+            self.effective_weight_decay = coupling.set_weight_decay(
+                optimizer,
+                optimizer_rules.scale_weight_decay(
+                    self._base_weight_decay, batch_size, reference, rule
+                ),
+            )
 
 
 def _count_examples(x, fit_kwargs):
@@ -426,7 +483,71 @@ def _steps_per_epoch(x, num_examples, batch_size, fit_kwargs):
         return fit_kwargs["steps_per_epoch"]
     if num_examples:
         return math.ceil(num_examples / batch_size)
-    if isinstance(x, tf.data.Dataset):
-        cardinality = int(x.cardinality())
-        return cardinality if cardinality > 0 else None
+    if data.is_tf_dataset(x):
+        from keras_batchtune.backend import tf_data
+
+        return tf_data.cardinality(x) or None
     return None
+
+
+def lr_scaling_mismatches(trials):
+    """The trials whose named rule does not fit their optimizer.
+
+    Read from each trial's records `lr_scaling_exponent` and
+    `optimizer_lr_scaling_exponent`: a `"linear"` or `"sqrt"` rule that
+    differs from what `lr_scaling="auto"` would pick. `"none"` (no coupling
+    asked for) and callables are never reported.
+
+    Example:
+
+    ```python
+    lr_scaling_mismatches(tuner.oracle.trials.values())
+    # [("0", "linear", "sqrt")]
+    ```
+
+    Args:
+        trials: `keras_tuner` trials.
+
+    Returns:
+        A list of `(trial_id, rule_used, rule_for_optimizer)` tuples.
+    """
+    mismatches = []
+    for trial in trials:
+        metrics = trial.metrics
+        if not (
+            metrics.exists(LR_SCALING_EXPONENT)
+            and metrics.exists(OPTIMIZER_LR_SCALING_EXPONENT)
+        ):
+            continue
+        used = optimizer_rules.rule_from_exponent(
+            metrics.get_last_value(LR_SCALING_EXPONENT)
+        )
+        wanted = optimizer_rules.rule_from_exponent(
+            metrics.get_last_value(OPTIMIZER_LR_SCALING_EXPONENT)
+        )
+        if used in ("linear", "sqrt") and wanted and used != wanted:
+            mismatches.append((trial.trial_id, used, wanted))
+    return mismatches
+
+
+def lr_scaling_rule(trial):
+    """The named rule a trial trained with, from its records, or None.
+
+    Example:
+
+    ```python
+    lr_scaling_rule(tuner.oracle.trials["0"])  # "sqrt"
+    ```
+
+    Args:
+        trial: A `keras_tuner` trial.
+
+    Returns:
+        `"linear"`, `"sqrt"` or `"none"`; None for a callable rule or a
+        trial without records.
+    """
+    if not trial.metrics.exists(LR_SCALING_EXPONENT):
+        return None
+    return optimizer_rules.rule_from_exponent(
+        trial.metrics.get_last_value(LR_SCALING_EXPONENT)
+    )

@@ -9,15 +9,14 @@ import keras
 import keras_tuner
 from keras_tuner import errors
 
+from keras_batchtune import backend
 from keras_batchtune import band
-from keras_batchtune import callbacks as callbacks_module
 from keras_batchtune import checkpoint
 from keras_batchtune import cluster
-from keras_batchtune import coupling
 from keras_batchtune import data
 from keras_batchtune import distribute
-from keras_batchtune import lr_finder
-from keras_batchtune import memory
+from keras_batchtune import distribution_setup
+from keras_batchtune import optimizer_rules
 from keras_batchtune import oracle as oracle_module
 from keras_batchtune import project_files
 from keras_batchtune import report
@@ -25,6 +24,8 @@ from keras_batchtune import scaling
 from keras_batchtune import space
 from keras_batchtune import tensorboard
 from keras_batchtune import trial_fit
+from keras_batchtune import tuner_setup
+from keras_batchtune.backend import keras_tuner_internals
 
 
 class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
@@ -41,9 +42,12 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
     - the learning rate the model is compiled with is the one for the
       reference batch size; a trial at batch `B` trains with
       `lr * s(B / base_batch_size)`, `s` given by `lr_scaling`, after an
-      optional linear warmup of `warmup_epochs`;
+      optional linear warmup of `warmup_epochs`; `lr_scaling="auto"` picks
+      `s` from the optimizer, and `couple_weight_decay=True` scales its
+      weight decay to keep the AdamW timescale fixed;
     - each trial records `effective_learning_rate`, `examples_per_second`
-      (training) and `fit_seconds`;
+      (training) and `fit_seconds` (with `couple_weight_decay`, also
+      `effective_weight_decay`), and the rule it trained with;
     - a trial that runs out of memory at batch `B` is recorded as
       "out of memory at batch B" and no batch >= `B` is proposed again; a
       NaN/inf loss records "diverged at epoch K". Neither counts toward
@@ -98,8 +102,24 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
         base_batch_size: Positive integer, the batch size the compiled
             learning rate was chosen for. Defaults to the `batch_size` given
             to `search()`, else the batch size of a batched dataset, else 32.
-        lr_scaling: `"linear"` (default), `"sqrt"`, `"none"`, or a callable
-            mapping the batch ratio `B / base_batch_size` to an LR multiplier.
+        lr_scaling: `"linear"` (default), `"sqrt"`, `"none"`, a callable
+            mapping the batch ratio `B / base_batch_size` to an LR multiplier,
+            or `"auto"`: the rule of each trial's optimizer, `"linear"` for
+            SGD (with or without momentum), `"sqrt"` for Adam, AdamW,
+            Adamax, Nadam, RMSprop, Adagrad, Adadelta, Adafactor, Ftrl, Lion
+            and Lamb (subclasses included; another optimizer is refused).
+            Each trial records the rule it trained with
+            (`lr_scaling_exponent`: 1 linear, 0.5 sqrt, 0 none). A named
+            rule that does not fit the optimizer is used as given, and
+            `results_summary()` notes it.
+        couple_weight_decay: Boolean. If True, the optimizer's decoupled
+            `weight_decay` is multiplied by `k / s(k)` (`k` the batch ratio,
+            `s` the rule): `sqrt(k)` under `"sqrt"`, 1 under `"linear"`, so
+            that the AdamW timescale `B / (lr * weight_decay * N)` stays
+            fixed (Bergsma et al. 2025, arXiv 2505.13738). Each trial
+            records `effective_weight_decay`. The optimizer must set a
+            `weight_decay` (Keras applies it decoupled, for every
+            optimizer). Defaults to False.
         warmup_epochs: Non-negative number of epochs over which the learning
             rate ramps linearly from the base to the scaled one. Defaults to 0.
         accumulate: Boolean. If True, every searched batch size stays
@@ -177,22 +197,41 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             large batches are cheap trials. `max_trials` counts every trial;
             the trial's budget is its value `tuner/epochs` (its start
             `tuner/initial_epoch`, from the checkpoint of `tuner/trial_id`).
+        distribution: Optional `keras.distribution.Distribution`
+            (`DataParallel` or `ModelParallel`), JAX backend only: the
+            devices every trial trains on. Defaults to None: the global
+            distribution (`keras.distribution.set_distribution`, read when
+            the tuner is made), if any. The searched batch is global and
+            split across the devices of the mesh's batch axis (over all
+            hosts); the grid holds only multiples of that count (times 8
+            per core on TPU), `per_replica=True` multiplies by it, and the
+            learning rate is coupled to the global batch. A `Distribution`
+            passed as `distribution_strategy=` is taken the same way.
         **kwargs: The arguments of `keras_tuner.Tuner`: `directory`,
             `project_name`, `overwrite`, `executions_per_trial`,
-            `distribution_strategy` (a `tf.distribute.Strategy`, see
-            `keras_batchtune.resolve_strategy`), `max_model_size`,
+            `distribution_strategy` (a `tf.distribute.Strategy` on
+            TensorFlow, a `keras.distribution.Distribution` on JAX; see
+            `keras_batchtune.resolve_distribution`), `max_model_size`,
             `optimizer`, `loss`, `metrics`, `tuner_id`, `logger`.
 
     Raises:
         ValueError: for a batch size that is not a positive integer,
             `min_batch_size > max_batch_size`, an unknown `lr_scaling`, a rule
-            returning a value <= 0, a negative `warmup_epochs`, a
+            returning a value <= 0, `lr_scaling="auto"` with an optimizer
+            not in its table, a `couple_weight_decay` that is not a boolean
+            or is True for an optimizer without `weight_decay` (the
+            optimizer of the model built with the default hyperparameters,
+            or the `optimizer` argument), a negative `warmup_epochs`, a
             `tolerance` that is not a number >= 0, an `lr_band` that is not
             one of None, "off", "trials", "range_test", "both", a
             `successive_halving` that is not None, a boolean or a dict of
-            `factor` >= 2, `min_epochs` >= 1 and a bool `warm_start`, or a
-            global `min_batch_size` smaller than the replica count; raised
-            before anything is written to `directory`. A batch size that
+            `factor` >= 2, `min_epochs` >= 1 and a bool `warm_start`, a
+            global `max_batch_size` smaller than the replica count (less
+            than one example per device), both `distribution` and
+            `distribution_strategy`, a `distribution` off JAX or a
+            `tf.distribute` strategy on JAX, or a distribution whose device
+            mesh does not cover the devices there are; raised before
+            anything is written to `directory`. A batch size that
             does not split evenly across the replicas (one registered by the
             hypermodel, or passed to `fit` by it) stops the search with a
             `ValueError` at its first trial.
@@ -214,6 +253,7 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
         max_batch_size=1024,
         base_batch_size=None,
         lr_scaling="linear",
+        couple_weight_decay=False,
         warmup_epochs=0,
         accumulate=False,
         probe_memory=False,
@@ -224,41 +264,41 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
         lr_hyperparameter=None,
         worker_timeout=cluster.DEFAULT_WORKER_TIMEOUT,
         successive_halving=None,
+        distribution=None,
         **kwargs,
     ):
+        if hypermodel is None and type(self).run_trial is BatchTuner.run_trial:
+            # KerasTuner's own check sees the `HParamsSessions` mixin's
+            # `run_trial` as the user's override; made here as it would be.
+            raise ValueError(
+                "Received `hypermodel=None`. We only allow not specifying "
+                "`hypermodel` if the user defines the search space in "
+                "`Tuner.run_trial()` by subclassing a `Tuner` class without "
+                "using a `HyperModel` instance."
+            )
         lr_band = band.check_lr_band(lr_band)
-        if lr_hyperparameter is not None and not (
-            isinstance(lr_hyperparameter, str) and lr_hyperparameter
-        ):
-            raise ValueError(
-                "`lr_hyperparameter` must be None or the name (a non-empty "
-                "string) of the learning-rate hyperparameter. "
-                f"Received: lr_hyperparameter={lr_hyperparameter!r}"
-            )
-        strategy = kwargs.get("distribution_strategy")
-        min_batch_size, max_batch_size = distribute.aligned_batch_range(
-            min_batch_size, max_batch_size, strategy, per_replica
+        distribution, strategy = distribution_setup.resolve(
+            distribution, kwargs
         )
+        min_batch_size, max_batch_size = tuner_setup.check_batch_arguments(
+            min_batch_size=min_batch_size,
+            max_batch_size=max_batch_size,
+            base_batch_size=base_batch_size,
+            lr_scaling=lr_scaling,
+            warmup_epochs=warmup_epochs,
+            lr_hyperparameter=lr_hyperparameter,
+            strategy=strategy,
+            per_replica=per_replica,
+        )
+        self._auto_lr_scaling = tuner_setup.check_optimizer_coupling(
+            hypermodel=hypermodel,
+            hyperparameters=hyperparameters,
+            lr_scaling=lr_scaling,
+            couple_weight_decay=couple_weight_decay,
+            optimizer=kwargs.get("optimizer"),
+        )
+        self.couple_weight_decay = couple_weight_decay
         self.per_replica = bool(per_replica)
-        # The LR rule is checked on global batches.
-        scale = distribute.num_replicas(strategy) if per_replica else 1
-        grid = space.batch_size_grid(min_batch_size, max_batch_size)
-        if base_batch_size is not None:
-            scaling.check_positive_int("base_batch_size", base_batch_size)
-        reference = base_batch_size or trial_fit.KERAS_DEFAULT_BATCH_SIZE
-        for batch_size in grid + [min_batch_size, max_batch_size]:
-            scaling.learning_rate_multiplier(
-                batch_size * scale, reference, lr_scaling
-            )
-        if (
-            isinstance(warmup_epochs, bool)
-            or not isinstance(warmup_epochs, numbers.Real)
-            or not warmup_epochs >= 0
-        ):
-            raise ValueError(
-                "`warmup_epochs` must be a number >= 0. "
-                f"Received: warmup_epochs={warmup_epochs!r}"
-            )
         self.min_batch_size = int(min_batch_size)
         self.max_batch_size = int(max_batch_size)
         self.base_batch_size = base_batch_size
@@ -266,12 +306,12 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
         self.warmup_epochs = warmup_epochs
         self.accumulate = bool(accumulate)
         self.probe_memory = bool(probe_memory)
-        self.dynamic = _check_dynamic(dynamic, max_batch_size)
+        self.dynamic = tuner_setup.check_dynamic(dynamic, max_batch_size)
         self.seed = seed
         self._search_batch_size = None
         self._memory_ceiling = None
         self._trial_fit = None
-        oracle = oracle_module.BatchSearchOracle(
+        oracle = self._make_oracle(
             objective=objective,
             max_trials=max_trials,
             seed=seed,
@@ -287,13 +327,34 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             worker_timeout=worker_timeout,
             successive_halving=successive_halving,
         )
-        super().__init__(oracle, hypermodel, **kwargs)
-        if self._is_worker() and oracle.worker_timeout is not None:
+        # `Tuner`'s, also under `BatchBayesianOptimization` and
+        # `BatchHyperband`, whose KerasTuner classes would make their own
+        # oracle.
+        keras_tuner.Tuner.__init__(self, oracle, hypermodel, **kwargs)
+        distribution_setup.attach(self, distribution)
+        if (
+            keras_tuner_internals.is_worker(self)
+            and oracle.worker_timeout is not None
+        ):
             # Renews the lease of the running trial; waits while the
             # chief may still hand out a trial taken back from a dead worker.
             self.oracle = cluster.LeasedOracleClient(
                 self.oracle, oracle.worker_timeout
             )
+
+    def _make_oracle(self, **kwargs):
+        """The tuner's oracle, made from the constructor's arguments.
+
+        `BatchBayesianOptimization` and `BatchHyperband` make theirs here;
+        the rest of the tuner is shared.
+
+        Args:
+            **kwargs: The arguments of `BatchSearchOracle`.
+
+        Returns:
+            A `keras_batchtune.oracle.BatchSearchOracle`.
+        """
+        return oracle_module.BatchSearchOracle(**kwargs)
 
     @property
     def reference_batch_size(self):
@@ -346,6 +407,10 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             ValueError: if `batch_size` is not a positive integer, or `x` is
                 data whose batches the tuner cannot set.
         """
+        with distribution_setup.active(self):
+            return self._search_under_distribution(*fit_args, **fit_kwargs)
+
+    def _search_under_distribution(self, *fit_args, **fit_kwargs):
         batch_size = fit_kwargs.pop("batch_size", None)
         if batch_size is not None:
             self._search_batch_size = scaling.check_positive_int(
@@ -362,9 +427,13 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             x = fit_args[0] if fit_args else fit_kwargs.get("x")
             data.check_batchable(x)
         if self.probe_memory:
-            self._probe_memory(fit_args, fit_kwargs)
-        self._prepare_lr_band(fit_args, fit_kwargs)
-        if not self._is_worker() and self.oracle.successive_halving:
+            ceiling = tuner_setup.probe_memory(self, fit_args, fit_kwargs)
+            self._memory_ceiling = space.lowered_ceiling(
+                self._memory_ceiling, ceiling
+            )
+        tuner_setup.prepare_lr_band(self, fit_args, fit_kwargs)
+        is_worker = keras_tuner_internals.is_worker(self)
+        if not is_worker and getattr(self.oracle, "successive_halving", None):
             self.oracle.max_epochs = scaling.check_positive_int(
                 "epochs", fit_kwargs.get("epochs", 1)
             )
@@ -396,87 +465,35 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
             return sys.maxsize  # no limit known yet: no split
         return max(1, min(ceilings) - 1)
 
-    def _learning_rate_multiplier(self, batch_size):
-        """The coupling's LR multiplier at a searched batch size."""
+    def learning_rate_multiplier(self, batch_size):
+        """The coupling's learning-rate multiplier at a searched batch size.
+
+        Args:
+            batch_size: A batch size of the search (per replica with
+                `per_replica=True`).
+
+        Returns:
+            The factor `lr_scaling` gives the reference batch's learning
+            rate at that (global) batch, a float.
+        """
         strategy = getattr(self, "distribution_strategy", None)
         scale = distribute.num_replicas(strategy) if self.per_replica else 1
         reference = (
             self.reference_batch_size or trial_fit.KERAS_DEFAULT_BATCH_SIZE
         )
+        rule = self.lr_scaling
+        if rule == "auto":
+            rule = self._auto_lr_scaling
+        if rule is None:
+            raise ValueError(
+                "`lr_scaling='auto'` found no optimizer in the model built "
+                "with the default hyperparameters, so `lr_band` cannot "
+                "convert learning rates between batch sizes; pass "
+                "`lr_scaling='linear'` or `'sqrt'`."
+            )
         return scaling.learning_rate_multiplier(
-            batch_size * scale, reference, self.lr_scaling
+            batch_size * scale, reference, rule
         )
-
-    def _prepare_lr_band(self, fit_args, fit_kwargs):
-        """Gives the oracle the coupling; runs the range test if asked."""
-        oracle = self.oracle
-        if not isinstance(oracle, oracle_module.BatchSearchOracle):
-            return  # a worker of a distributed search: the chief samples
-        if oracle.lr_band == "off":
-            return
-        oracle.learning_rate_multiplier = self._learning_rate_multiplier
-        verbose = fit_kwargs.get("verbose", 1)
-        lr_hp = oracle.learning_rate_hyperparameter()
-        if lr_hp is None:
-            if verbose:
-                print(
-                    f"BatchTuner: lr_band={oracle.lr_band!r} has no effect: "
-                    "no learning-rate hyperparameter (a positive `hp.Float` "
-                    "named 'learning_rate' or 'lr', or pass "
-                    "`lr_hyperparameter=`) in the search space."
-                )
-            return
-        wants_test = oracle.lr_band in ("range_test", "both")
-        if not wants_test or oracle.range_test_learning_rate is not None:
-            return
-        x = fit_args[0] if fit_args else fit_kwargs.get("x")
-        y = fit_args[1] if len(fit_args) > 1 else fit_kwargs.get("y")
-        model = self._try_build(oracle.get_space())
-        reference = (
-            self.reference_batch_size or trial_fit.KERAS_DEFAULT_BATCH_SIZE
-        )
-        result = lr_finder.find_learning_rate(model, x, y, batch_size=reference)
-        oracle.range_test_learning_rate = result.suggestion
-        oracle.save()
-        if verbose:
-            low, high = oracle.learning_rate_interval(reference)
-            print(
-                f"BatchTuner: range test at batch {reference} suggests "
-                f"{lr_hp.name}={result.suggestion:.3g}; 3 trials in 4 sample "
-                f"it in [{low:.3g}, {high:.3g}] (times the coupling's "
-                "multiplier relative to the reference batch)."
-            )
-
-    def _probe_memory(self, fit_args, fit_kwargs):
-        """Finds the largest batch that fits and caps the physical batch."""
-        x = fit_args[0] if fit_args else fit_kwargs.get("x")
-        y = fit_args[1] if len(fit_args) > 1 else fit_kwargs.get("y")
-        model = self._try_build(self.oracle.get_space())
-        # The finder works in global batches; the ceiling in searched ones.
-        scale = 1
-        if self.per_replica:
-            scale = distribute.num_replicas(distribute.model_strategy(model))
-        result = memory.find_max_batch_size(
-            model,
-            x if y is None else (x, y),
-            mode="binsearch",
-            start=self.min_batch_size * scale,
-            max_batch_size=self.max_batch_size * scale,
-        )
-        ceiling = result.batch_size // scale + 1
-        self._memory_ceiling = space.lowered_ceiling(
-            self._memory_ceiling, ceiling
-        )
-        if hasattr(self.oracle, "lower_ceiling"):
-            self.oracle.lower_ceiling(ceiling)
-            self.oracle.save()
-        if fit_kwargs.get("verbose", 1):
-            seconds = sum(probe.seconds for probe in result.probes)
-            print(
-                "BatchTuner: probe_memory found that batches of up to "
-                f"{result.batch_size} fit ({len(result.probes)} probes, "
-                f"{seconds:.1f} s)."
-            )
 
     def _build_and_fit_model(self, trial, *args, **kwargs):
         hp = trial.hyperparameters
@@ -490,6 +507,7 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
                 batch_size=hp.values.get(space.BATCH_SIZE),
                 reference_batch_size=self.reference_batch_size,
                 lr_scaling=self.lr_scaling,
+                couple_weight_decay=self.couple_weight_decay,
                 warmup_epochs=self.warmup_epochs,
                 max_micro_batch_size=self._max_micro_batch_size(),
                 dynamic=self.dynamic,
@@ -554,7 +572,7 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
         start_trial_id = hp.values.get(oracle_module.TRIAL_ID)
         if start_trial_id is None:
             return {}
-        filepath = self._get_checkpoint_fname(start_trial_id)
+        filepath = keras_tuner_internals.checkpoint_path(self, start_trial_id)
         if not os.path.exists(filepath):
             print(
                 f"BatchTuner: trial {start_trial_id}'s checkpoint {filepath} "
@@ -575,16 +593,18 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
         - `TunerCallback` forwards batch hooks to `Tuner.on_batch_begin/end`;
           while those are KerasTuner's no-ops, it is marked `async_safe`, so
           Keras keeps dispatching batch callbacks asynchronously instead of
-          waiting for every step's logs.
+          waiting for every step's logs; only where the backend's `fit` loop
+          allows it (`backend.trainer.ASYNC_BATCH_CALLBACKS_SAFE`).
         """
+        async_safe_here = backend.trainer.ASYNC_BATCH_CALLBACKS_SAFE
         batch_hooks_unused = all(
             getattr(type(self), name) is getattr(keras_tuner.Tuner, name)
             for name in ("on_batch_begin", "on_batch_end")
         )
         prepared = []
         for callback in callbacks or []:
-            tuner_callback = type(callback).__name__ == "TunerCallback"
-            if tuner_callback and batch_hooks_unused:
+            tuner_callback = keras_tuner_internals.is_tuner_callback(callback)
+            if tuner_callback and batch_hooks_unused and async_safe_here:
                 callback.async_safe = True
             prepared.append(checkpoint.defer(callback))
         return prepared
@@ -596,30 +616,31 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
         raise errors.FailedTrialError(message) from error
 
     def _try_build(self, hp):
-        model = super()._try_build(hp)
+        with distribution_setup.kept():
+            model = super()._try_build(hp)
         if self._trial_fit is not None:
             self._trial_fit.install(model)
+        distribution_setup.install_even_split(model)
         return model
 
     def load_model(self, trial):
         """Loads a trial's model, its optimizer at the trial's effective LR.
 
+        As KerasTuner's, the model is built from the trial's hyperparameters
+        and given the weights of its best epoch; here the optimizer's state
+        of that epoch (slots such as momentum, step count) is loaded too, on
+        every backend (see `keras_batchtune.checkpoint.load_best_epoch`),
+        where KerasTuner's own `load_model` skips it with a warning.
+
         Args:
             trial: A `Trial` of this search.
 
         Returns:
-            The `keras.Model` with the weights of its best epoch; continuing
-            `fit` trains at the learning rate the trial used.
+            The `keras.Model` with the weights and optimizer state of its
+            best epoch; continuing `fit` trains at the learning rate the
+            trial used.
         """
-        model = super().load_model(trial)
-        name = trial_fit.EFFECTIVE_LEARNING_RATE
-        if model.optimizer is not None and trial.metrics.exists(name):
-            effective = trial.metrics.get_last_value(name)
-            base = coupling.get_base_learning_rate(model.optimizer)
-            coupling.set_learning_rate_multiplier(
-                model.optimizer, base, effective / coupling.initial_value(base)
-            )
-        return model
+        return checkpoint.load_best_epoch(self, trial, self.warmup_epochs)
 
     def results_summary(self, num_trials=10):
         """Prints the best trials, with their batch-size records.
@@ -630,7 +651,9 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
         learning rate sits at an edge of the searched range, a last line
         says so and suggests the wider range. With a `tolerance`, the trials
         come in its order (the preferred first) and a line says which trial
-        is preferred and why.
+        is preferred and why. With `lr_scaling="auto"` each trial shows the
+        rule it trained with (`lr_scaling_rule`); a line notes the trials
+        whose `"linear"` or `"sqrt"` rule does not fit their optimizer.
 
         Args:
             num_trials: Optional number of trials to display. Defaults to 10.
@@ -646,7 +669,15 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
                 if trial.metrics.exists(name):
                     value = trial.metrics.get_last_value(name)
                     print(f"{name}: {value:.6g}")
+            if self.lr_scaling == "auto":
+                rule = trial_fit.lr_scaling_rule(trial)
+                print(f"lr_scaling_rule: {rule or '-'} (auto)")
         notices = report.range_notices(self.oracle)
+        mismatch = optimizer_rules.mismatch_notice(
+            trial_fit.lr_scaling_mismatches(self.oracle.trials.values())
+        )
+        if mismatch:
+            notices.append(mismatch)
         preferred = report.preferred_line(self.oracle)
         if preferred:
             notices.insert(0, preferred)
@@ -666,10 +697,10 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
 
     def save(self):
         """Saves the project's JSON files, each written whole."""
-        if not self._is_worker():
+        if not keras_tuner_internals.is_worker(self):
             self.oracle.save()
         return project_files.write_json(
-            self._get_tuner_fname(), self.get_state()
+            keras_tuner_internals.tuner_state_path(self), self.get_state()
         )
 
     def reload(self):
@@ -680,26 +711,13 @@ class BatchTuner(tensorboard.HParamsSessions, keras_tuner.Tuner):
                 file, `oracle.json` or the tuner's `<tuner_id>.json` is
                 damaged or missing.
         """
-        if not self._is_worker():
+        if not keras_tuner_internals.is_worker(self):
             self.oracle.reload()
-        self.set_state(project_files.read_json(self._get_tuner_fname()))
-
-
-def _check_dynamic(dynamic, max_batch_size):
-    if dynamic is None:
-        return None
-    if not isinstance(dynamic, callbacks_module.DynamicBatchSize):
-        raise ValueError(
-            "`dynamic` must be a `keras_batchtune.DynamicBatchSize` or None. "
-            f"Received: dynamic={dynamic!r}"
+        self.set_state(
+            project_files.read_json(
+                keras_tuner_internals.tuner_state_path(self)
+            )
         )
-    if dynamic.max_batch_size < max_batch_size:
-        raise ValueError(
-            "`dynamic`: its `max_batch_size` "
-            f"({dynamic.max_batch_size}) must be >= the tuner's "
-            f"`max_batch_size` ({max_batch_size}), the largest starting batch."
-        )
-    return dynamic
 
 
 def _with_records(results, records, objective):

@@ -1,29 +1,70 @@
-"""Shared test set-up: quiet TensorFlow, two logical CPUs, tiny digits data."""
+"""Shared test set-up: quiet TensorFlow, two logical CPUs, tiny digits data.
+
+The suite runs under each Keras backend (`KERAS_BACKEND=tensorflow`, `jax`
+or `torch`). Tests that need the TensorFlow backend (`tf.distribute`, the
+TensorFlow-only parts) carry `@pytest.mark.tensorflow_backend` and are
+skipped on the others; tests that need TensorFlow installed (a
+`tf.data.Dataset` as input, on any backend) carry
+`@pytest.mark.requires_tensorflow`. Everything else runs on every backend.
+"""
 
 import json
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # TensorFlow's default CPU allocator raises its out-of-memory error at once;
 # the oneDNN allocator first waits ~10 s for memory to be freed, per failure.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
+import importlib.util  # noqa: E402
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
-# Two logical CPU devices make a real MirroredStrategy on one CPU. This must
-# run before TensorFlow initialises its devices.
-_cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(
-    _cpus[0],
-    [tf.config.LogicalDeviceConfiguration()] * 2,
-)
+BACKEND = keras.config.backend()
+HAS_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
+
+if BACKEND == "tensorflow":
+    import tensorflow as tf
+
+    # Two logical CPU devices make a real MirroredStrategy on one CPU. This
+    # must run before TensorFlow initialises its devices.
+    _cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        _cpus[0],
+        [tf.config.LogicalDeviceConfiguration()] * 2,
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "tensorflow_backend: needs KERAS_BACKEND=tensorflow (skipped else)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "requires_tensorflow: needs TensorFlow installed (any backend)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    not_tf_backend = pytest.mark.skip(
+        reason=f"needs the TensorFlow backend; this run is on {BACKEND}"
+    )
+    no_tf = pytest.mark.skip(reason="needs TensorFlow installed")
+    for item in items:
+        if BACKEND != "tensorflow" and "tensorflow_backend" in item.keywords:
+            item.add_marker(not_tf_backend)
+        if not HAS_TENSORFLOW and "requires_tensorflow" in item.keywords:
+            item.add_marker(no_tf)
 
 
 @pytest.fixture(scope="session")
@@ -42,9 +83,13 @@ class MemoryLimit(keras.layers.Layer):
     """Identity layer that runs out of memory above a batch size.
 
     Error injection: CPUs have no memory ceiling to hit with tiny models, so
-    this layer asks TensorFlow's allocator for a tensor of at least 4 TiB
-    whenever the batch exceeds `max_batch_size`. The allocator then raises
-    its real `tf.errors.ResourceExhaustedError`; nothing is faked.
+    whenever the batch exceeds `max_batch_size` this layer asks the
+    backend's allocator for an impossible tensor (4 TiB and more). The
+    allocator then raises its real error: TensorFlow's
+    `tf.errors.ResourceExhaustedError`, JAX's `RESOURCE_EXHAUSTED`
+    `JaxRuntimeError` (the batch is static while JAX traces a step), or
+    PyTorch's CPU allocator `RuntimeError`; nothing is faked
+    (`tests/backend_faults.py`).
     """
 
     def __init__(self, max_batch_size, **kwargs):
@@ -52,10 +97,12 @@ class MemoryLimit(keras.layers.Layer):
         self.max_batch_size = max_batch_size
 
     def call(self, inputs):
-        batch_size = tf.shape(inputs)[0]
-        rows = tf.maximum(batch_size - self.max_batch_size, 0) * (1 << 20)
-        impossible = tf.fill(tf.stack([rows, 1 << 20]), inputs[0, 0])
-        return inputs + 0.0 * tf.reduce_sum(impossible)
+        import backend_faults
+
+        return backend_faults.allocate_above(inputs, self.max_batch_size)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
     def get_config(self):
         return {**super().get_config(), "max_batch_size": self.max_batch_size}
@@ -121,7 +168,15 @@ def mirrored_strategy():
     One per test session: each new MirroredStrategy in a process restarts its
     collective instance keys, which can meet a previous strategy's ops.
     """
+    if BACKEND != "tensorflow":
+        pytest.skip(
+            f"MirroredStrategy needs the TensorFlow backend ({BACKEND})"
+        )
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+HANG_TIMEOUT = 600
+"""Seconds after which a test stops waiting for a process: only a hang."""
 
 
 def free_port():
@@ -174,15 +229,108 @@ def start_workers(script, extra_envs):
     return processes
 
 
-def worker_results(processes, timeout):
-    """Waits for each worker; returns its stdout and its `RESULT` payload.
+def worker_results(processes, timeout=HANG_TIMEOUT):
+    """Waits for every worker; returns its stdout and its `RESULT` payload.
+
+    The workers are waited for together: the first that fails ends the
+    wait at once (the others, which would wait for it forever in a
+    collective, are killed), with its stderr in the error. `timeout` only
+    stops a hang; it never judges speed.
+
+    Args:
+        processes: The `subprocess.Popen` objects of `start_workers`.
+        timeout: Seconds after which workers still running are killed.
+
+    Returns:
+        `(stdout, result)` per worker, in worker order.
 
     Raises:
-        AssertionError: with the end of its stderr, if a worker failed.
+        AssertionError: naming the worker, with the end of its stderr, if
+            one failed; or naming those still running after `timeout`.
     """
-    outputs = []
-    for process in processes:
-        out, err = process.communicate(timeout=timeout)
-        assert process.returncode == 0, err[-3000:]
-        outputs.append((out, parse(out, "RESULT")[0]))
-    return outputs
+    ended = queue.Queue()
+
+    def wait(index, process):
+        ended.put((index, *process.communicate()))
+
+    for index, process in enumerate(processes):
+        threading.Thread(
+            target=wait, args=(index, process), daemon=True
+        ).start()
+    deadline = time.monotonic() + timeout
+    streams = {}
+    try:
+        while len(streams) < len(processes):
+            left = deadline - time.monotonic()
+            try:
+                index, out, err = ended.get(timeout=max(left, 0))
+            except queue.Empty:
+                running = sorted(set(range(len(processes))) - set(streams))
+                raise AssertionError(
+                    f"workers {running} still running after {timeout:g} s "
+                    "(a hang: this timeout never judges speed)"
+                ) from None
+            streams[index] = (out, err)
+            code = processes[index].returncode
+            assert code == 0, (
+                f"worker {index} exited with {code}: {err[-3000:]}"
+            )
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    return [
+        (streams[i][0], parse(streams[i][0], "RESULT")[0])
+        for i in range(len(processes))
+    ]
+
+
+def run_chief_and_workers(script, extra_env, timeout=HANG_TIMEOUT):
+    """Runs KerasTuner's distributed search: a chief and two workers.
+
+    `script` runs in three processes on 127.0.0.1, as `chief`, `tuner0`
+    and `tuner1` (`KERASTUNER_TUNER_ID`), the chief's oracle on a free port.
+    The workers are waited for, then the chief (it leaves once both have
+    been told to stop). `timeout` only stops a hang.
+
+    Args:
+        script: Path of the Python script every process runs.
+        extra_env: Extra environment variables of every process.
+        timeout: Seconds each process may take before it counts as hung.
+
+    Returns:
+        `(outputs, seconds)`: each role's stdout, and the wall time.
+
+    Raises:
+        AssertionError: naming the role, with the end of its stderr, if a
+            process exits with an error.
+    """
+    port = str(free_port())
+    processes = {}
+    begin = time.perf_counter()
+    try:
+        for role in ("chief", "tuner0", "tuner1"):
+            env = {
+                **os.environ,
+                "KERASTUNER_TUNER_ID": role,
+                "KERASTUNER_ORACLE_IP": "127.0.0.1",
+                "KERASTUNER_ORACLE_PORT": port,
+                "TF_CPP_MIN_LOG_LEVEL": "3",
+                **extra_env,
+            }
+            processes[role] = subprocess.Popen(
+                [sys.executable, str(script)],
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        outputs = {}
+        for role in ("tuner0", "tuner1", "chief"):
+            out, err = processes[role].communicate(timeout=timeout)
+            assert processes[role].returncode == 0, f"{role}: {err[-3000:]}"
+            outputs[role] = out
+    finally:
+        for process in processes.values():
+            process.kill()
+    return outputs, time.perf_counter() - begin

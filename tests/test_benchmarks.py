@@ -1,4 +1,5 @@
-"""The benchmarks run (smoke test: exit code only, no timing assertions)."""
+"""The benchmarks' `--quick` modes run (smoke test: exit code only, no
+timing assertions), on the backend of the suite."""
 
 import os
 import pathlib
@@ -6,13 +7,26 @@ import subprocess
 import sys
 
 import pytest
+from conftest import BACKEND
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.mark.parametrize(
     "script",
-    ["overhead.py", "memory.py", "dynamic.py", "search_efficiency.py"],
+    [
+        # The per-backend benchmarks (their tables have a column per
+        # backend) run on every backend.
+        "overhead.py",
+        "memory.py",
+        # The longest smoke runs compare policies and searches whose
+        # backend paths the callback and tuner tests cover on every backend:
+        # they run once, in the TensorFlow backend's suite (CI's time).
+        pytest.param("dynamic.py", marks=pytest.mark.tensorflow_backend),
+        pytest.param(
+            "search_efficiency.py", marks=pytest.mark.tensorflow_backend
+        ),
+    ],
 )
 def test_quick_mode_runs(tmp_path, script):
     result = subprocess.run(
@@ -26,7 +40,11 @@ def test_quick_mode_runs(tmp_path, script):
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env={
+            **os.environ,
+            "KERAS_BACKEND": BACKEND,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        },
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "result.json").exists()

@@ -1,6 +1,19 @@
-"""Tests of `DynamicBatchSize` in real `model.fit` runs on digits."""
+"""Tests of `DynamicBatchSize` in real `model.fit` runs on digits.
+
+Run on every backend: each one's `fit` grows the physical batch (the
+input makes bigger batches from the next epoch on) on one device, and
+accumulates micro-batches beyond `max_physical_batch_size`. What only one
+backend has (TensorFlow's untraced batch dimension, JAX's compilation per
+batch shape, `tf.distribute`) is marked.
+"""
 
 import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import keras
@@ -8,6 +21,7 @@ import numpy as np
 import pytest
 
 import keras_batchtune
+from tests.conftest import BACKEND
 from tests.conftest import make_mlp
 
 
@@ -69,7 +83,7 @@ def test_schedule_resizes_by_accumulation_with_coupling_and_right_steps(
     # 600 examples in 38 micro-batches per epoch, whatever the batch size.
     assert history.params["steps"] == 38
     # Updates: 38 + 38 // 2 + (38 + 0) // 8 twice (groups span epochs).
-    assert int(model.optimizer.iterations) == 38 + 19 + 76 // 8
+    assert _iterations(model) == 38 + 19 + 76 // 8
     assert logs["val_accuracy"][-1] > 0.8
 
 
@@ -114,19 +128,20 @@ class _StepLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.steps.append(self.seen)
-        self.examples.append(int(self.counter.count.numpy()))
-        self.id_sums.append(int(self.counter.id_sum.numpy()))
+        self.examples.append(_value(self.counter.count))
+        self.id_sums.append(_value(self.counter.id_sum))
 
 
-def test_schedule_resizes_physically_without_retrace(digits, capsys):
-    # One device, TensorFlow: bigger batches come from the pipeline itself;
-    # the steps Keras runs, `params["steps"]` and the progress bar follow,
-    # every example is used once per epoch, and the train step is not
-    # retraced (its batch dimension is unknown).
-    x, y, x_val, y_val = digits
-    x = x.copy()
-    x[:, 0] = np.arange(len(x))  # feature 0 carries the example id
-    keras.utils.set_random_seed(0)
+def _value(variable):
+    return int(keras.ops.convert_to_numpy(variable))
+
+
+def _iterations(model):
+    return _value(model.optimizer.iterations)
+
+
+def _counting_model():
+    """An MLP whose first layer counts the examples trained on."""
     counter = _ExampleCounter()
     model = keras.Sequential(
         [
@@ -141,26 +156,61 @@ def test_schedule_resizes_physically_without_retrace(digits, capsys):
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    step_log = _StepLog(counter)
-    traces = []
+    return model, counter
+
+
+def _with_ids(digits):
+    x, y, x_val, y_val = digits
+    x = x.copy()
+    x[:, 0] = np.arange(len(x))  # feature 0 carries the example id
+    return x, y, x_val, y_val
+
+
+def _progress_bars(printed):
+    """Per epoch of a `verbose=1` fit: the bar's targets and its last count."""
+    printed = re.sub(r"\x1b\[[0-9;]*m", "", printed)  # colours
+    bars = []
+    for section in re.split(r"Epoch \d+/\d+", printed)[1:]:
+        counts = re.findall(r"(\d+)/(\d+) +━", section)
+        bars.append(({int(target) for _, target in counts}, int(counts[-1][0])))
+    return bars
+
+
+def _count_train_step_calls(model):
+    """Counts the Python calls of `train_step` per epoch (the traces).
+
+    TensorFlow and JAX run the Python of `train_step` only when they trace
+    (compile) it; PyTorch runs it at every step.
+    """
+    calls = []
     train_step = model.train_step
 
-    def counted_train_step(data):
-        traces.append(1)  # Python runs here only when tracing.
-        return train_step(data)
+    def counted_train_step(*args):
+        calls.append(1)
+        return train_step(*args)
 
     model.train_step = counted_train_step
-    traces_by_epoch = []
-    trace_log = keras.callbacks.LambdaCallback(
-        on_epoch_end=lambda epoch, logs: traces_by_epoch.append(len(traces))
+    calls_by_epoch = []
+    log = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: calls_by_epoch.append(len(calls))
     )
+    return log, calls_by_epoch
+
+
+def test_schedule_resizes_physically(digits, capsys):
+    # One device: bigger batches come from the input itself, on every
+    # backend; the steps Keras runs, `params["steps"]` and the progress bar
+    # follow, and every example is used once per epoch.
+    keras.utils.set_random_seed(0)
+    model, counter = _counting_model()
+    step_log = _StepLog(counter)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         history = _fit(
             model,
-            (x, y, x_val, y_val),
+            _with_ids(digits),
             _schedule(),
-            callbacks=[step_log, trace_log],
+            callbacks=[step_log],
             verbose=1,
         )
     assert not [w for w in caught if "ran out of data" in str(w.message)]
@@ -173,16 +223,105 @@ def test_schedule_resizes_physically_without_retrace(digits, capsys):
     # 600 examples: ceil(600 / 16), ceil(600 / 32), ceil(600 / 128).
     assert step_log.steps == [38, 19, 5, 5]
     assert step_log.params_steps == [38, 19, 5, 5]
-    assert int(model.optimizer.iterations) == 38 + 19 + 5 + 5
+    assert _iterations(model) == 38 + 19 + 5 + 5
     assert step_log.examples == [600] * 4
     assert step_log.id_sums == [sum(range(600))] * 4
-    # Traced in the first epoch only (TensorFlow traces twice there, as in
-    # any `fit`: once more when the optimizer creates its variables).
+    # Each epoch's bar counts to that epoch's steps, and reaches them.
+    assert _progress_bars(capsys.readouterr().out) == [
+        ({38}, 38),
+        ({19}, 19),
+        ({5}, 5),
+        ({5}, 5),
+    ]
+    assert logs["accuracy"][-1] > 0.8
+
+
+@pytest.mark.tensorflow_backend
+def test_physical_growth_does_not_retrace_on_tensorflow(digits):
+    # The `tf.data` batch size is a variable read per epoch, so the train
+    # step (traced with an unknown batch dimension) is not traced again.
+    model, _ = _counting_model()
+    trace_log, traces_by_epoch = _count_train_step_calls(model)
+    _fit(model, _with_ids(digits), _schedule(), callbacks=[trace_log])
+    # Traced in the first epoch (TensorFlow traces twice there, as in any
+    # `fit`: once more when the optimizer creates its variables), and only
+    # then: at least one trace counted, or the count would prove nothing.
+    assert traces_by_epoch[0] >= 1
     assert traces_by_epoch == [traces_by_epoch[0]] * 4
-    printed = capsys.readouterr().out
-    for bar in ("38/38", "19/19", "5/5"):
-        assert bar in printed
-    assert "5/19" not in printed and "19/38" not in printed
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX compiles per batch shape")
+def test_physical_growth_compiles_once_per_batch_shape_on_jax(digits):
+    # Each new batch shape is a new XLA compilation: 600 examples in
+    # batches of 16 (and a last one of 8), then 32 (24), then 128 (88):
+    # two shapes per new size, none when the size repeats.
+    model, _ = _counting_model()
+    trace_log, traces_by_epoch = _count_train_step_calls(model)
+    _fit(model, _with_ids(digits), _schedule(), callbacks=[trace_log])
+    assert traces_by_epoch == [2, 4, 6, 6]
+
+
+_DATA_PARALLEL_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import keras
+    import numpy as np
+    import keras_batchtune
+    from tests.conftest import make_mlp
+
+    keras.distribution.set_distribution(keras.distribution.DataParallel())
+    rng = np.random.default_rng(0)
+    x = rng.random((600, 64), dtype="float32")
+    y = rng.integers(0, 10, 600).astype("int32")
+    steps = []
+    log = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: steps.append(0),
+        on_train_batch_end=lambda batch, logs: steps.__setitem__(
+            -1, steps[-1] + 1
+        ),
+    )
+    callback = keras_batchtune.DynamicBatchSize(
+        "schedule", schedule={1: 32, 2: 128}, min_batch_size=16,
+        max_batch_size=256)
+    history = make_mlp().fit(
+        keras_batchtune.resizable(x, y, batch_size=16, seed=0), epochs=3,
+        callbacks=[callback, log], verbose=0)
+    print("RESULT", json.dumps({
+        "devices": keras.distribution.list_devices(),
+        "physical": history.history["physical_batch_size"],
+        "steps": steps,
+    }))
+    """
+)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution on JAX")
+def test_physical_growth_under_jax_data_parallel():
+    # `keras.distribution.DataParallel` over two virtual CPU devices (set
+    # before JAX starts, hence a fresh process): each batch is split across
+    # the devices, and the batch still grows physically.
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _DATA_PARALLEL_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(
+        line for line in result.stdout.splitlines() if line.startswith("RESULT")
+    )
+    found = json.loads(line.split(" ", 1)[1])
+    assert len(found["devices"]) == 2
+    assert found["physical"] == [16, 32, 128]
+    assert found["steps"] == [38, 19, 5]
 
 
 def test_physical_batch_capped_then_accumulates(digits):
@@ -194,7 +333,75 @@ def test_physical_batch_capped_then_accumulates(digits):
     assert logs["batch_size"] == [16, 32, 128]
     assert logs["physical_batch_size"] == [16, 32, 32]
     # 19 physical batches of 32 in the last epoch, 4 of them per update.
-    assert int(model.optimizer.iterations) == 38 + 19 + 19 // 4
+    assert _iterations(model) == 38 + 19 + 19 // 4
+
+
+@pytest.mark.parametrize("max_physical_batch_size", [16, None])
+def test_growing_inside_fit_trains_as_fits_at_each_batch_size(
+    digits, max_physical_batch_size
+):
+    # 576 examples: 36 micro-batches of 16, 9 batches of 64, so updates
+    # align with epochs. Growing 16 -> 64 in one `fit`, by accumulating 4
+    # micro-batches (cap 16) or physically (no cap), trains as two plain
+    # fits at 16 then 64 with the coupled learning rate (linear: x4). On
+    # JAX this also checks that the callback changes the optimizer while
+    # the fit loop's state is synced to the variables.
+    x, y = digits[0][:576], digits[1][:576]
+    keras.utils.set_random_seed(0)
+    reference = make_mlp(learning_rate=0.02)
+    weights = reference.get_weights()
+    reference.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    reference.optimizer.learning_rate = 0.08
+    reference.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0)
+    model = make_mlp(learning_rate=0.02)
+    model.set_weights(weights)
+    data = keras_batchtune.resizable(
+        x,
+        y,
+        batch_size=16,
+        shuffle=False,
+        max_physical_batch_size=max_physical_batch_size,
+    )
+    callback = keras_batchtune.DynamicBatchSize(
+        "schedule", schedule={1: 64}, min_batch_size=16, max_batch_size=64
+    )
+    history = model.fit(data, epochs=2, callbacks=[callback], verbose=0)
+    logs = history.history
+    assert logs["batch_size"] == [16, 64]
+    assert logs["physical_batch_size"] == [16, max_physical_batch_size or 64]
+    np.testing.assert_allclose(logs["learning_rate"], [0.02, 0.08], rtol=1e-6)
+    assert _iterations(model) == _iterations(reference) == 36 + 9
+    for got, expected in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.requires_tensorflow
+def test_dataset_input_resizes_physically(digits):
+    # A `tf.data.Dataset` feeds every backend's `fit` where TensorFlow is
+    # installed (JAX and PyTorch read it as numpy batches).
+    import tensorflow as tf
+
+    x, y, x_val, y_val = _with_ids(digits)
+    keras.utils.set_random_seed(0)
+    model, counter = _counting_model()
+    step_log = _StepLog(counter)
+    data = keras_batchtune.resizable(
+        tf.data.Dataset.from_tensor_slices((x, y)), batch_size=16, seed=0
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(
+            data,
+            epochs=4,
+            validation_data=(x_val, y_val),
+            callbacks=[_schedule(), step_log],
+            verbose=0,
+        )
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+    assert history.history["physical_batch_size"] == [16, 32, 128, 128]
+    assert step_log.steps == step_log.params_steps == [38, 19, 5, 5]
+    assert step_log.examples == [600] * 4
+    assert step_log.id_sums == [sum(range(600))] * 4
 
 
 def test_keep_lr_and_sqrt_rule(digits):
@@ -246,6 +453,11 @@ def test_noise_scale_policy_measures_and_grows(digits):
         max_batch_size=256,
         seed=0,
         patience=1,
+        # The target is twice the estimate, so a move needs an estimate of
+        # at least 16 (about 10 to 120 here, from one large batch each
+        # epoch): the test checks that the measurement reaches the policy
+        # and moves the batch, not the estimator (tests/test_noise.py).
+        scale=2.0,
     )
     history = _fit(model, digits, callback, epochs=6)
     noise_scales = history.history["gradient_noise_scale"]

@@ -75,3 +75,25 @@ def test_warm_start_restores_weights_and_optimizer_state(tmp_path, digits):
     for started, saved in zip(seen["momentums"], saved_momentums):
         np.testing.assert_array_equal(started, saved)
     assert int(second.optimizer.iterations) == 20
+
+
+def test_build_optimizer_lets_load_weights_restore_its_state(
+    tmp_path, digits, recwarn
+):
+    x, y, _, _ = digits
+    path = str(tmp_path / "trained.weights.h5")
+    trained = make_mlp(0.05)
+    trained.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    trained.save_weights(path)
+    fresh = make_mlp(0.05)
+    checkpoint.build_optimizer(fresh)
+    fresh.load_weights(path)
+    assert not [w for w in recwarn if "Skipping variable" in str(w.message)]
+    assert int(fresh.optimizer.iterations) == 10
+    for loaded, saved in zip(
+        fresh.optimizer.variables, trained.optimizer.variables
+    ):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(loaded.value),
+            keras.ops.convert_to_numpy(saved.value),
+        )

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from conftest import BACKEND
+
 from keras_batchtune import cli
 
 
@@ -27,10 +29,15 @@ def test_demo_runs_on_bundled_digits(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env={
+            **os.environ,
+            "KERAS_BACKEND": BACKEND,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        },
     )
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
+    assert f"keras_batchtune demo on the Keras {BACKEND} backend" in out
     assert "Search: Running Trial #2" in out  # KerasTuner's progress display
     for column in (
         "batch",

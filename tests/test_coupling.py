@@ -84,3 +84,19 @@ def test_current_learning_rate_reads_floats_and_schedules_at_the_step():
     optimizer.build([keras.Variable(1.0)])
     optimizer.iterations.assign(10)
     assert coupling.current_learning_rate(optimizer) == pytest.approx(0.05)
+
+
+def test_the_optimizer_holds_a_schedule_only_when_it_must():
+    assert not coupling.uses_schedule(0.1)
+    assert coupling.uses_schedule(0.1, warmup_steps=5)
+    decay = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)
+    assert coupling.uses_schedule(decay)
+    optimizer = keras.optimizers.SGD(0.1)
+    assert isinstance(coupling.learning_rate_object(optimizer), keras.Variable)
+    # As during a trial with warmup: a schedule, at the scaled rate.
+    coupling.set_learning_rate_multiplier(optimizer, 0.1, 4.0, as_schedule=True)
+    scaled = coupling.learning_rate_object(optimizer)
+    assert isinstance(scaled, coupling.ScaledLearningRate)
+    assert float(optimizer.learning_rate) == pytest.approx(0.4)
+    wrapped = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1))
+    assert coupling.inner_optimizer(wrapped) is wrapped.inner_optimizer

@@ -1,4 +1,7 @@
-"""`examples/dynamic_batch.py` runs end to end (two short epochs)."""
+"""`examples/dynamic_batch.py` runs end to end (two short epochs).
+
+Under the backend of the test run (`KERAS_BACKEND` is passed on).
+"""
 
 import os
 import pathlib
@@ -6,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+
+from tests.conftest import BACKEND
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "dynamic_batch.py"
@@ -20,10 +25,13 @@ def test_example_runs(policy):
         timeout=300,
         env={
             **os.environ,
+            "KERAS_BACKEND": BACKEND,
             "TF_CPP_MIN_LOG_LEVEL": "3",
             "PYTHONPATH": str(EXAMPLE.parents[1]),
         },
         cwd=EXAMPLE.parents[1],
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert f"backend: {BACKEND}" in result.stdout
     assert "batch size per epoch: [32, 32]" in result.stdout
+    assert "physical batch size per epoch: [32, 32]" in result.stdout

@@ -1,4 +1,7 @@
-"""Tests of `fit_loop`: finding a running `fit`'s epoch iterator and bar."""
+"""Tests of `fit_loop`: finding a running `fit`'s epoch iterator and bar.
+
+Run on every backend: each one's `fit` runs on Keras's `EpochIterator`.
+"""
 
 import keras
 import numpy as np
@@ -38,3 +41,22 @@ def test_set_steps_per_epoch_only_without_a_fixed_count():
     assert not fit_loop.set_steps_per_epoch(fixed, 3)
     assert fixed.num_batches == 4
     assert not fit_loop.set_steps_per_epoch(object(), 3)
+    # The base iterator, as JAX's and PyTorch's, feeds no `tf.distribute`.
+    assert fit_loop.distribute_strategy_of(free) is None
+
+
+def test_find_epoch_iterator_from_the_data_adapter_it_calls():
+    iterator = fit_loop.epoch_iterator_class()(np.zeros((10, 2)), batch_size=4)
+    adapter = iterator.data_adapter
+    found = []
+    on_epoch_begin = adapter.on_epoch_begin
+
+    def recording_on_epoch_begin():
+        found.append(fit_loop.find_epoch_iterator())
+        on_epoch_begin()
+
+    adapter.on_epoch_begin = recording_on_epoch_begin
+    batches = list(iterator.enumerate_epoch())
+    assert len(batches) == 3
+    assert found == [iterator]
+    assert fit_loop.find_epoch_iterator() is None

@@ -1,9 +1,13 @@
-"""The gradient noise scale measured on real Keras models (TensorFlow)."""
+"""The gradient noise scale measured on real Keras models, on each backend.
+
+Everything here runs under TensorFlow, JAX and PyTorch, except the
+`tf.data` inputs (TensorFlow installed, any backend) and
+`MirroredStrategy` (the TensorFlow backend).
+"""
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_batchtune import gradients
 from keras_batchtune import noise
@@ -96,6 +100,8 @@ def test_probe_norms_match_hand_gradients(use_regularizer, use_sample_weight):
         model, small_batch_size=16, large_batch_size=64
     )
     small_sq, large_sq = probe(x, y, sample_weight)
+    # A second call on the same batch measures the same: nothing drifted.
+    assert probe(x, y, sample_weight) == (small_sq, large_sq)
 
     w = weights.astype("float64")
     parts = []
@@ -112,7 +118,29 @@ def test_probe_norms_match_hand_gradients(use_regularizer, use_sample_weight):
     np.testing.assert_allclose(large_sq, expected_large, rtol=1e-4)
 
 
+def test_backend_tensors_and_arrays_give_the_same_estimate():
+    x, y, weights = _regression(num_examples=2048)
+    model = _linear_model(weights)
+    kwargs = dict(small_batch_size=32, large_batch_size=256, num_batches=8)
+    from_arrays = gradients.gradient_noise_scale(
+        model, (x, y), shuffle=False, **kwargs
+    )
+    tensors = (keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y))
+    from_tensors = gradients.gradient_noise_scale(
+        model, tensors, shuffle=False, **kwargs
+    )
+    np.testing.assert_allclose(from_tensors, from_arrays, rtol=1e-5)
+    shuffled = [
+        gradients.gradient_noise_scale(model, data, seed=3, **kwargs)
+        for data in ((x, y), tensors)
+    ]
+    np.testing.assert_allclose(shuffled[1], shuffled[0], rtol=1e-5)
+
+
+@pytest.mark.requires_tensorflow
 def test_dataset_and_arrays_give_the_same_estimate():
+    import tensorflow as tf
+
     x, y, weights = _regression(num_examples=2048)
     model = _linear_model(weights)
     kwargs = dict(small_batch_size=32, large_batch_size=256, num_batches=8)
@@ -126,6 +154,17 @@ def test_dataset_and_arrays_give_the_same_estimate():
     )
     np.testing.assert_allclose(from_dataset, from_arrays, rtol=1e-4)
     np.testing.assert_allclose(from_batched, from_arrays, rtol=1e-4)
+
+
+def _values(variables):
+    return [keras.ops.convert_to_numpy(v).copy() for v in variables]
+
+
+def _assert_unchanged(values, variables):
+    assert len(values) == len(variables)
+    for old, variable in zip(values, variables):
+        new = keras.ops.convert_to_numpy(variable)
+        np.testing.assert_array_equal(old, new, variable.path)
 
 
 def test_nothing_is_updated(digits):
@@ -145,9 +184,9 @@ def test_nothing_is_updated(digits):
         metrics=["accuracy"],
     )
     model.fit(x_train, y_train, batch_size=64, epochs=1, verbose=0)
-    before = [v.numpy().copy() for v in model.variables]
-    optimizer_before = [v.numpy().copy() for v in model.optimizer.variables]
-    metrics_before = [v.numpy().copy() for v in model.metrics_variables]
+    before = _values(model.variables)
+    optimizer_before = _values(model.optimizer.variables)
+    metrics_before = _values(model.metrics_variables)
 
     estimate = gradients.gradient_noise_scale(
         model,
@@ -159,14 +198,83 @@ def test_nothing_is_updated(digits):
     )
     assert np.isfinite(estimate.grad_sq_norm)
     assert np.isfinite(estimate.trace_cov) and estimate.trace_cov > 0
-    for old, variable in zip(before, model.variables):
-        np.testing.assert_array_equal(old, variable.numpy(), variable.path)
-    for old, variable in zip(optimizer_before, model.optimizer.variables):
-        np.testing.assert_array_equal(old, variable.numpy(), variable.path)
-    for old, variable in zip(metrics_before, model.metrics_variables):
-        np.testing.assert_array_equal(old, variable.numpy(), variable.path)
+    _assert_unchanged(before, model.variables)
+    _assert_unchanged(optimizer_before, model.optimizer.variables)
+    _assert_unchanged(metrics_before, model.metrics_variables)
 
 
+class _ProbeDuringFit(keras.callbacks.Callback):
+    """Measures with a probe mid-epoch and at each epoch's end."""
+
+    def __init__(self, probe, x, y):
+        super().__init__()
+        self.probe = probe
+        self.x = x
+        self.y = y
+        self.measured = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch in (1, 4):
+            self.measured.append(self.probe(self.x, self.y))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.measured.append(self.probe(self.x, self.y))
+
+
+def _batch_norm_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def test_a_probe_inside_fit_leaves_training_unchanged(digits):
+    x_train, y_train, _, _ = digits
+    fit_kwargs = dict(batch_size=64, epochs=2, shuffle=False, verbose=0)
+    reference = _batch_norm_model()
+    expected = reference.fit(x_train, y_train, **fit_kwargs).history
+
+    model = _batch_norm_model()
+    probe = gradients.GradientNoiseProbe(
+        model, small_batch_size=8, large_batch_size=64
+    )
+    callback = _ProbeDuringFit(probe, x_train[:64], y_train[:64])
+    history = model.fit(x_train, y_train, callbacks=[callback], **fit_kwargs)
+
+    # Two mid-epoch measurements and one at the end of each epoch.
+    assert len(callback.measured) == 6
+    for small_sq, large_sq in callback.measured:
+        assert small_sq > large_sq > 0
+    # The measurements see the weights move as training goes on.
+    assert len(set(callback.measured)) == 6
+    for name in ("loss", "accuracy"):
+        np.testing.assert_allclose(
+            history.history[name], expected[name], rtol=1e-5
+        )
+    for variable, reference_variable in zip(
+        model.variables, reference.variables
+    ):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(variable),
+            keras.ops.convert_to_numpy(reference_variable),
+            rtol=1e-5,
+            atol=1e-6,
+            err_msg=variable.path,
+        )
+
+
+@pytest.mark.tensorflow_backend
 def test_mirrored_strategy_matches_one_device(mirrored_strategy):
     x, y, weights = _regression(num_examples=1024)
     single = _linear_model(weights)
@@ -186,6 +294,7 @@ def test_mirrored_strategy_matches_one_device(mirrored_strategy):
         np.testing.assert_allclose(measured, expected, rtol=1e-4)
 
 
+@pytest.mark.tensorflow_backend
 def test_mirrored_strategy_needs_a_multiple_of_the_replicas(
     mirrored_strategy,
 ):
@@ -225,13 +334,6 @@ def test_bad_data_and_model():
         gradients.gradient_noise_scale(
             model, (x, y), small_batch_size=16, large_batch_size=64
         )
-    with pytest.raises(ValueError, match="`data` yields 32 examples"):
-        gradients.gradient_noise_scale(
-            model,
-            tf.data.Dataset.from_tensor_slices((x, y)),
-            small_batch_size=16,
-            large_batch_size=64,
-        )
     with pytest.raises(ValueError, match="`data` must be"):
         gradients.gradient_noise_scale(
             model, x, small_batch_size=8, large_batch_size=16
@@ -240,4 +342,31 @@ def test_bad_data_and_model():
     with pytest.raises(ValueError, match="`model` must be compiled"):
         gradients.gradient_noise_scale(
             uncompiled, (x, y), small_batch_size=8, large_batch_size=16
+        )
+    frozen = _linear_model(weights)
+    frozen.layers[0].trainable = False
+    frozen.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="`model` has no trainable weights"):
+        gradients.gradient_noise_scale(
+            frozen, (x, y), small_batch_size=8, large_batch_size=16
+        )
+    probe = gradients.GradientNoiseProbe(
+        model, small_batch_size=8, large_batch_size=16
+    )
+    with pytest.raises(ValueError, match="`large_batch_size`=16 examples"):
+        probe(x[:24], y[:24])
+
+
+@pytest.mark.requires_tensorflow
+def test_a_dataset_too_small_is_refused():
+    import tensorflow as tf
+
+    x, y, weights = _regression(num_examples=32)
+    model = _linear_model(weights)
+    with pytest.raises(ValueError, match="`data` yields 32 examples"):
+        gradients.gradient_noise_scale(
+            model,
+            tf.data.Dataset.from_tensor_slices((x, y)),
+            small_batch_size=16,
+            large_batch_size=64,
         )

@@ -70,8 +70,12 @@ def test_aligned_range_rounds_inwards():
 
 
 def test_aligned_range_refuses_less_than_one_example_per_replica():
-    with pytest.raises(ValueError, match="at least one example per replica"):
-        space.aligned_batch_range(1, 64, num_replicas=2)
+    # A minimum below the replica count is aligned up (issue 15); a maximum
+    # below it leaves less than one example per replica.
+    assert space.aligned_batch_range(1, 64, num_replicas=2) == (2, 64)
+    assert space.aligned_batch_range(4, 512, num_replicas=8) == (8, 512)
+    with pytest.raises(ValueError, match="less than one example per replica"):
+        space.aligned_batch_range(1, 4, num_replicas=8)
     # Per replica, 1 is one example per replica.
     assert space.aligned_batch_range(1, 64, 2, per_replica=True) == (1, 64)
     with pytest.raises(ValueError, match="`max_batch_size` must be >= 64"):

@@ -4,6 +4,13 @@ A small search writes its logs; a real `tensorboard` server serves them and
 its HTTP data API is read, and headless Chromium (where installed) opens the
 HParams dashboard. Event files are also read with TensorBoard's own event
 loader where a server is not needed.
+
+Every test runs on every backend: the search passes
+`keras.callbacks.TensorBoard` as a program written for TensorFlow does. On
+JAX and PyTorch each trial writes through the `tensorboard` package's
+event writer instead (Keras's callback needs TensorFlow's summary API), and
+the server runs without TensorFlow where it is absent ("TensorFlow
+installation not found - running with reduced feature set").
 """
 
 import base64
@@ -457,14 +464,29 @@ class SetsBatchSize(keras.callbacks.Callback):
         logs["batch_size"] = 7
 
 
+TENSORBOARD_CALLBACKS = [
+    # Keras's own writes with tf.summary: the TensorFlow backend.
+    pytest.param(
+        keras.callbacks.TensorBoard,
+        id="keras",
+        marks=pytest.mark.tensorflow_backend,
+    ),
+    # Ours writes through the tensorboard package: every backend.
+    pytest.param(batchtune_tensorboard.TensorBoard, id="batchtune"),
+]
+
+
+@pytest.mark.parametrize("tensorboard_class", TENSORBOARD_CALLBACKS)
 @pytest.mark.parametrize("dynamic", [False, True])
-def test_epoch_logs_batch_size_and_learning_rate(digits, tmp_path, dynamic):
+def test_epoch_logs_batch_size_and_learning_rate(
+    digits, tmp_path, dynamic, tensorboard_class
+):
     x, y, _, _ = digits
     model = make_mlp(learning_rate=0.05)
     trial_fit.TrialFit(batch_size=64, reference_batch_size=32).install(model)
     # The dynamic callback comes after TensorBoard in the list: the trial's
     # fit moves TensorBoard last, so it still records the callback's value.
-    callbacks = [keras.callbacks.TensorBoard(str(tmp_path))]
+    callbacks = [tensorboard_class(str(tmp_path))]
     callbacks += [SetsBatchSize()] if dynamic else []
     history = model.fit(x, y, epochs=2, verbose=0, callbacks=callbacks)
     expected = 7 if dynamic else 64

@@ -8,7 +8,8 @@ which trials ran in which process. With `KILL_AFTER=n`, the first trial that
 begins once `n` trials have ended and the out-of-memory ceiling is known
 writes `WORKDIR/running.<trial_id>` at the end of its first epoch and then
 waits: the test kills the process there, mid-trial. Batches above 48 run
-out of memory through an injected layer (see `MemoryLimit`).
+out of memory through an injected layer (see `MemoryLimit`). Runs on
+every Keras backend (`KERAS_BACKEND`).
 """
 
 import json
@@ -18,10 +19,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import backend_faults  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import keras_batchtune  # noqa: E402
 
@@ -39,13 +41,15 @@ def event(**fields):
 
 class MemoryLimit(keras.layers.Layer):
     """Error injection, as in `tests/conftest.py`: above `LIMIT` examples
-    the layer asks TensorFlow's allocator for an impossible tensor (4 TiB),
-    and the allocator raises its real `ResourceExhaustedError`."""
+    the layer asks the backend's allocator for an impossible tensor (4 TiB
+    and more), and the allocator raises its real out-of-memory error
+    (`tests/backend_faults.py`)."""
 
     def call(self, inputs):
-        rows = tf.maximum(tf.shape(inputs)[0] - LIMIT, 0) * (1 << 20)
-        impossible = tf.fill(tf.stack([rows, 1 << 20]), inputs[0, 0])
-        return inputs + 0.0 * tf.reduce_sum(impossible)
+        return backend_faults.allocate_above(inputs, LIMIT)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
 
 def build(hp):

@@ -1,20 +1,29 @@
 """A BatchTuner search whose process address space is capped.
 
-Usage: `python memory_capped_search.py WORKDIR HEADROOM_MIB`.
+Usage: `python memory_capped_search.py WORKDIR HEADROOM_MIB`, under any
+Keras backend (`KERAS_BACKEND`).
 
-TensorFlow is imported and warmed up (a one-trial search of the search's
+The backend is imported and warmed up (a one-trial search of the search's
 model at a small batch, which loads and starts what a trial needs), then the
 address space is capped with `resource.setrlimit(RLIMIT_AS)` at what the
 process uses plus `HEADROOM_MIB`. A trial at batch 65536 of the wide model
-asks first for a 256 MiB activation, more than the whole headroom:
-TensorFlow's CPU allocator cannot get it and raises its own
-`ResourceExhaustedError` ("OOM when allocating tensor ... by allocator
-cpu"), while the headroom is still free for every smaller allocation (a
-first activation that fitted would leave too little, and the next
-allocation to fail could be one outside TensorFlow's allocator, a C++
-`std::bad_alloc` that aborts the process). Nothing is injected. The
-learning rate is a searched choice of 0.01, 0.03 and 1e6; the last
-diverges.
+asks first for a 256 MiB activation, more than the whole headroom: the
+backend's own CPU allocator cannot get it and raises its own error, while
+the headroom is still free for every smaller allocation (a first activation
+that fitted would leave too little, and the next allocation to fail could be
+one outside the allocator, a C++ `std::bad_alloc` that aborts the process).
+Nothing is injected. What each backend raises:
+
+- TensorFlow: `ResourceExhaustedError` "OOM when allocating tensor ... by
+  allocator cpu";
+- JAX: `JaxRuntimeError` "Out of memory allocating N bytes" (status
+  `INTERNAL` when the step was dispatched asynchronously and the error is
+  met when a result is read);
+- PyTorch: `RuntimeError` "DefaultCPUAllocator: can't allocate memory",
+  which Keras re-raises as a `RuntimeError` naming the layer.
+
+The learning rate is a searched choice of 0.01, 0.03 and 1e30; the last
+diverges (inf, then NaN, in float32 on every backend).
 
 Prints one `EVENT {json}` line per trial begun, per trial error (with the
 error's cause) and per trial ended, and a `DONE {json}` line at the end.
@@ -36,6 +45,13 @@ import keras_batchtune  # noqa: E402
 
 WIDTH = 1024
 SMALL, LARGE = 32, 65536
+DIVERGING = 1e30
+# The first line of each backend's out-of-memory message.
+ALLOCATOR_MESSAGES = (
+    "OOM when allocating",
+    "Out of memory allocating",
+    "DefaultCPUAllocator: can't allocate memory",
+)
 workdir, headroom_mib = sys.argv[1], int(sys.argv[2])
 
 
@@ -52,7 +68,7 @@ def build(hp):
             keras.layers.Dense(2, activation="softmax"),
         ]
     )
-    learning_rate = hp.Choice("learning_rate", [0.01, 0.03, 1e6])
+    learning_rate = hp.Choice("learning_rate", [0.01, 0.03, DIVERGING])
     model.compile(
         keras.optimizers.SGD(learning_rate),
         "sparse_categorical_crossentropy",
@@ -81,7 +97,7 @@ class LoggingTuner(keras_batchtune.BatchTuner):
                 allocator=[
                     line.strip()
                     for line in str(cause).splitlines()
-                    if "OOM when allocating" in line
+                    if any(message in line for message in ALLOCATOR_MESSAGES)
                 ][:1],
             )
             raise
@@ -111,9 +127,9 @@ y = (x[:, 0] > 0.5).astype("int32")
 hp = keras_tuner.HyperParameters()
 hp.Choice("batch_size", [SMALL, LARGE])
 # Warm-up: one small trial of a search, so that what a trial loads or starts
-# lazily (KerasTuner, the TensorBoard writer, tf.data and TensorFlow's
-# thread pools) exists before the cap. Under the cap, a library loaded late
-# or a thread started late could fail outside TensorFlow's allocator (a C++
+# lazily (KerasTuner, the TensorBoard writer, the backend's thread pools
+# and compiler) exists before the cap. Under the cap, a library loaded late
+# or a thread started late could fail outside the backend's allocator (a C++
 # `std::bad_alloc`, which aborts the process).
 warm_hp = keras_tuner.HyperParameters()
 warm_hp.Fixed("batch_size", SMALL)

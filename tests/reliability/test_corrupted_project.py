@@ -12,6 +12,7 @@ import shutil
 import keras
 import numpy as np
 import pytest
+from conftest import HAS_TENSORFLOW
 
 import keras_batchtune
 
@@ -177,3 +178,15 @@ def test_project_files_are_replaced_whole(project):
     assert (project_dir / "oracle.json").stat().st_mode == (
         control.stat().st_mode
     )
+
+
+@pytest.mark.skipif(
+    HAS_TENSORFLOW, reason="remote files work where TensorFlow is installed"
+)
+def test_a_remote_project_without_tensorflow_says_so():
+    from keras_batchtune import project_files
+
+    with pytest.raises(ValueError, match="tf.io.gfile.*not installed"):
+        project_files.write_json("gs://bucket/project/oracle.json", {})
+    with pytest.raises(ValueError, match="`directory`.*remote"):
+        project_files.trial_files("gs://bucket/project")

@@ -1,11 +1,12 @@
 """A real allocator out-of-memory error and a diverged trial mid-search.
 
 `memory_capped_search.py` caps its own address space
-(`resource.setrlimit(RLIMIT_AS)`) once TensorFlow is warmed up, so a trial
-at batch 65536 of a wide model really runs out of memory in TensorFlow's
-CPU allocator: no layer injects the error. A trial with learning rate 1e6
-diverges. Seed 13 orders the four trials completed, out of memory,
-diverged, completed, so each failure is followed by another trial.
+(`resource.setrlimit(RLIMIT_AS)`) once the backend is warmed up, so a trial
+at batch 65536 of a wide model really runs out of memory in the backend's
+own CPU allocator (TensorFlow's, XLA's, PyTorch's): no layer injects the
+error. A trial with learning rate 1e30 diverges. Seed 13 orders the four
+trials completed, out of memory, diverged, completed, so each failure is
+followed by another trial. It runs under every backend.
 """
 
 import os
@@ -14,11 +15,19 @@ import subprocess
 import sys
 
 import pytest
+from conftest import BACKEND
 from conftest import parse
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = pathlib.Path(__file__).with_name("memory_capped_search.py")
 HEADROOM_MIB = 160
+# What each backend's CPU allocator raises: the error's class (the cause of
+# the trial's `FailedTrialError`), then a line of its message.
+ALLOCATOR_ERRORS = {
+    "tensorflow": ("ResourceExhaustedError", "OOM when allocating tensor"),
+    "jax": ("JaxRuntimeError", "Out of memory allocating"),
+    "torch": ("RuntimeError", "DefaultCPUAllocator: can't allocate memory"),
+}
 
 
 @pytest.mark.skipif(
@@ -31,6 +40,7 @@ def test_search_goes_on_after_a_real_out_of_memory_and_a_divergence(
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
+        "KERAS_BACKEND": BACKEND,
         "SEARCH_SEED": "13",
         # CPU only: a GPU runtime reserves far more address space than
         # the cap leaves.
@@ -59,14 +69,16 @@ def test_search_goes_on_after_a_real_out_of_memory_and_a_divergence(
     assert out_of_memory["status"] == "FAILED"
     assert out_of_memory["message"] == "out of memory at batch 65536"
     (error,) = [e for e in events if e["kind"] == "error" and e["trial"] == "1"]
-    # TensorFlow's own allocator failed, under the cap.
-    assert error["cause"] == "ResourceExhaustedError"
-    assert error["allocator"][0].startswith("OOM when allocating tensor")
-    assert error["allocator"][0].endswith("by allocator cpu")
+    # The backend's own allocator failed, under the cap.
+    cause, message = ALLOCATOR_ERRORS[BACKEND]
+    assert error["cause"] == cause
+    assert message in error["allocator"][0]
+    if BACKEND == "tensorflow":
+        assert error["allocator"][0].endswith("by allocator cpu")
     assert done["ceiling"] == 65536
 
     diverged = trials["2"]
-    assert diverged["values"]["learning_rate"] == 1e6
+    assert diverged["values"]["learning_rate"] == 1e30
     assert diverged["status"] == "FAILED"
     assert diverged["message"].startswith("diverged at epoch ")
     assert int(diverged["message"].rsplit(" ", 1)[1]) in (1, 2)

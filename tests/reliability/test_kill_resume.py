@@ -5,7 +5,7 @@ above 48 run out of memory through an injected layer) in a process of its
 own. The first process is killed with SIGKILL while a trial is running:
 that trial writes a marker file at the end of its first epoch and waits, so
 the kill always lands mid-trial. The second process reloads the project
-(`overwrite=False`) and finishes the search.
+(`overwrite=False`) and finishes the search. Runs on every Keras backend.
 """
 
 import json
@@ -32,8 +32,11 @@ def start(workdir, phase, *args):
     )
 
 
-def wait_for_marker(process, workdir, timeout=120):
-    """Waits until a trial reports it is running; returns its trial id."""
+def wait_for_marker(process, workdir, timeout=600):
+    """Waits until a trial reports it is running; returns its trial id.
+
+    The timeout only stops a hang.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         markers = list(pathlib.Path(workdir).glob("running.*"))
@@ -59,13 +62,13 @@ def test_killed_search_resumes_without_losing_or_repeating_trials(tmp_path):
     try:
         killed_trial = wait_for_marker(first, tmp_path)
         first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
+        first.wait(timeout=120)
         assert first.returncode == -signal.SIGKILL
         before_kill = read_events(tmp_path)
         on_disk = json.loads((tmp_path / "search" / "oracle.json").read_text())
 
         second = start(tmp_path, "second")
-        output, _ = second.communicate(timeout=180)
+        output, _ = second.communicate(timeout=900)
         assert second.returncode == 0, output[-3000:]
     finally:
         for process in (first, second):
@@ -114,8 +117,16 @@ def test_killed_search_resumes_without_losing_or_repeating_trials(tmp_path):
     assert begun_again[0] == killed_trial
     assert not set(begun_again) & set(ended_before)
     assert len(begun_again) == len(set(begun_again))
+    # Each trial that began again trained at most once (on PyTorch, Keras
+    # meets an out-of-memory error before `on_train_begin`, so a trial that
+    # ran out of memory may log no fit), and each that completed trained.
     fits_again = [e["trial"] for e in second_run if e["kind"] == "fit"]
-    assert fits_again == begun_again
+    assert len(fits_again) == len(set(fits_again))
+    assert set(fits_again) <= set(begun_again)
+    completed_again = {
+        t for t in begun_again if trials[t]["status"] == "COMPLETED"
+    }
+    assert completed_again <= set(fits_again)
     ended_again = [e["trial"] for e in second_run if e["kind"] == "end"]
     assert sorted(ended_again) == sorted(begun_again)
     assert sorted(ended_again + list(ended_before)) == sorted(trials)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_batchtune import replica_accumulation
+from keras_batchtune.backend.tensorflow import replica_accumulation
 
 
 def _data():

@@ -1,0 +1,1 @@
+"""Parts shared by the backends (with the same module names as theirs)."""

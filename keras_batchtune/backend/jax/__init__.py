@@ -1,0 +1,1 @@
+"""The JAX backend's parts: `jax.grad` over Keras's stateless calls."""

@@ -1,0 +1,1 @@
+"""The TensorFlow backend's parts: `tf.distribute`, `tf.GradientTape`."""

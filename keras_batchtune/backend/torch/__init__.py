@@ -1,0 +1,1 @@
+"""The PyTorch backend's parts: `torch.autograd` over the model's weights."""
