@@ -28,6 +28,7 @@ import pathlib  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import keras  # noqa: E402
@@ -179,7 +180,13 @@ def main():
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--max-batch-size", type=int, default=512)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--output", default=str(RESULTS / "dynamic.json"))
+    parser.add_argument(
+        "--output",
+        default=None,
+        help=f"JSON output path (default {RESULTS}/dynamic.json; with "
+        "--quick, the system's temporary folder, so that a smoke run never "
+        "overwrites recorded results)",
+    )
     args = parser.parse_args()
     fixed = [32, 64, 128, 256]
     names = list(policies(args.max_batch_size, args.epochs))
@@ -275,7 +282,14 @@ def main():
         "runs": rows,
         "measurement_cost_ratio": cost,
     }
-    output = pathlib.Path(args.output)
+    output = pathlib.Path(
+        args.output
+        or (
+            pathlib.Path(tempfile.gettempdir()) / "dynamic_quick.json"
+            if args.quick
+            else RESULTS / "dynamic.json"
+        )
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2))
 

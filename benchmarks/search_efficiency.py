@@ -885,7 +885,11 @@ def main():
         "implied by --quick",
     )
     parser.add_argument(
-        "--output", default=str(RESULTS / "search_efficiency.json")
+        "--output",
+        default=None,
+        help=f"JSON output path (default {RESULTS}/search_efficiency.json; "
+        "with --quick, the system's temporary folder, so that a smoke run "
+        "never overwrites recorded results)",
     )
     parser.add_argument("--grid", default=None, help="grid cache (JSON)")
     parser.add_argument(
@@ -900,7 +904,14 @@ def main():
     for variant, parent in DERIVED.items():
         if variant in args.tuners and parent not in args.tuners:
             args.tuners.append(parent)
-    output = pathlib.Path(args.output)
+    output = pathlib.Path(
+        args.output
+        or (
+            pathlib.Path(tempfile.gettempdir()) / "search_efficiency_quick.json"
+            if args.quick
+            else RESULTS / "search_efficiency.json"
+        )
+    )
     batch_range = (16, 512)
     learning_rates = GRID_LEARNING_RATES
     if args.quick:

@@ -162,10 +162,16 @@ def defer(callback):
 
 
 def _couple_loaded_optimizer(optimizer, trial, warmup_epochs):
-    """Sets the trial's effective LR, the optimizer shaped as in the trial."""
+    """Sets the trial's effective LR (and coupled weight decay), the
+    optimizer shaped as in the trial."""
     name = trial_fit.EFFECTIVE_LEARNING_RATE
     if optimizer is None or not trial.metrics.exists(name):
         return
+    if trial.metrics.exists(trial_fit.EFFECTIVE_WEIGHT_DECAY):
+        coupling.set_weight_decay(
+            optimizer,
+            trial.metrics.get_last_value(trial_fit.EFFECTIVE_WEIGHT_DECAY),
+        )
     effective = trial.metrics.get_last_value(name)
     steps = 1
     if trial.metrics.exists(trial_fit.ACCUMULATION_STEPS):

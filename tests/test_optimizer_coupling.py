@@ -156,6 +156,33 @@ def test_weight_decay_keeps_the_adamw_timescale(
     assert timescales == pytest.approx([1.0] * len(done))
 
 
+def test_loaded_models_carry_the_coupled_weight_decay(tmp_path, digits):
+    base_weight_decay = 0.01
+    tuner = make_tuner(
+        tmp_path,
+        hypermodel("adamw", weight_decay=base_weight_decay),
+        lr_scaling="auto",
+        couple_weight_decay=True,
+    )
+    search(tuner, digits)
+    done = trials(tuner)
+    decays = []
+    for trial in done:
+        optimizer = tuner.load_model(trial).optimizer
+        recorded = trial.metrics.get_last_value("effective_weight_decay")
+        ratio = trial.hyperparameters["batch_size"] / 32
+        assert recorded == pytest.approx(base_weight_decay * ratio**0.5)
+        assert optimizer.weight_decay == pytest.approx(recorded)
+        decays.append(optimizer.weight_decay)
+    # Trials at other batches than the reference: decays other than the base.
+    assert any(d != pytest.approx(base_weight_decay) for d in decays)
+    best = tuner.get_best_models(1)[0].optimizer
+    best_trial = tuner.oracle.get_best_trials(1)[0]
+    assert best.weight_decay == pytest.approx(
+        best_trial.metrics.get_last_value("effective_weight_decay")
+    )
+
+
 def read_hparams(run_dir):
     run = event_accumulator.EventAccumulator(
         str(run_dir), size_guidance={event_accumulator.TENSORS: 0}
