@@ -11,7 +11,7 @@ import pathlib
 import subprocess
 import sys
 
-from tests.conftest import BACKEND
+from conftest import BACKEND
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "multi_gpu.py"
@@ -48,8 +48,10 @@ def test_example_searches_on_every_device(tmp_path):
     assert f"devices: {devices}" in out
     if BACKEND == "jax":
         assert "keras.distribution.DataParallel over 4 cpu devices" in out
+    # Which trial wins varies from run to run (thread scheduling changes
+    # the float sums): any batch of the example's range, 32 to 2048.
     batch = int(out.split("best global batch:")[1].split()[0])
-    assert batch % devices == 0 and 32 <= batch <= 1024
+    assert batch % devices == 0 and 32 <= batch <= 2048
     rate = float(out.split("effective learning rate:")[1].split()[0])
     assert rate > 0
     trials = list((tmp_path / "multi_gpu").glob("trial_*/trial.json"))
