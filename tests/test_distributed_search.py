@@ -84,6 +84,15 @@ class LoggingTuner(keras_batchtune.BatchTuner):
             # otherwise checks again only 20 s later).
             done()
             wait_for([f"tuner{{i}}.done" for i in range(2)])
+        if os.path.exists(os.path.join(workdir, "oom.reported")):
+            if getattr(self, "reported", False):
+                # The reporter asks again only after the other worker has:
+                # else, on fast trials, it could take every trial left
+                # before the other one asks, and no request of the other
+                # worker would come after the report.
+                wait_for(["asked.after.report"])
+            else:
+                open(os.path.join(workdir, "asked.after.report"), "w").close()
         event(kind="ask")
 
     def on_trial_begin(self, trial):
@@ -103,6 +112,7 @@ class LoggingTuner(keras_batchtune.BatchTuner):
         event(kind="end", trial=trial.trial_id, status=trial.status,
               message=(trial.message or "").splitlines()[-1:])
         if trial.status == "FAILED":
+            self.reported = True
             open(os.path.join(workdir, "oom.reported"), "w").close()
 
 
