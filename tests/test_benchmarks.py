@@ -26,6 +26,8 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
         pytest.param(
             "search_efficiency.py", marks=pytest.mark.tensorflow_backend
         ),
+        pytest.param("tuner_family.py", marks=pytest.mark.tensorflow_backend),
+        pytest.param("task_suite.py", marks=pytest.mark.tensorflow_backend),
     ],
 )
 def test_quick_mode_runs(tmp_path, script):
