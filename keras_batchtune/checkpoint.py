@@ -120,7 +120,8 @@ class WarmStart(keras.callbacks.Callback):
     The optimizer is built first (Keras's TensorFlow backend would build it
     only when it traces the first step), so the file's optimizer state
     (momentum, iterations) is restored with the weights instead of being
-    skipped with a warning.
+    skipped with a warning. A float learning rate keeps the value the trial
+    coupled to its batch size, not the lower rung's.
 
     Example:
 
@@ -141,7 +142,18 @@ class WarmStart(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         build_optimizer(self.model)
+        # The file holds the lower-rung trial's learning rate; this trial
+        # keeps the one coupled to its own batch size.
+        optimizer = getattr(self.model, "optimizer", None)
+        learning_rate = None
+        if optimizer is not None:
+            learning_rate = coupling.learning_rate_object(optimizer)
+        coupled = None
+        if isinstance(learning_rate, keras.Variable):
+            coupled = keras.ops.convert_to_numpy(learning_rate)
         self.model.load_weights(self.filepath)
+        if coupled is not None:
+            learning_rate.assign(coupled)
 
 
 def defer(callback):

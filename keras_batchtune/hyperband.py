@@ -8,13 +8,15 @@ accumulation, records, TensorBoard sessions, the report, and the warm start
 of a continued trial with its optimizer state).
 """
 
-import warnings
+import os
 
 import keras_tuner
 
 from keras_batchtune import batch_oracle
 from keras_batchtune import bayesian
+from keras_batchtune import project_files
 from keras_batchtune import tuner as tuner_module
+from keras_batchtune.backend import keras_tuner_internals
 
 
 class BatchHyperbandOracle(
@@ -165,13 +167,17 @@ class BatchHyperband(tuner_module.BatchTuner, keras_tuner.Hyperband):
 
     def _build_hypermodel(self, hp):
         # Overrides KerasTuner's Hyperband (`keras_tuner_internals`), which
-        # loads the continued trial's weights into a model whose optimizer
-        # is not built yet: Keras warns that it skips the optimizer's saved
-        # variables. The tuner's warm start loads them when `fit` starts.
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore",
-                message="Skipping variable loading for optimizer",
-                category=UserWarning,
-            )
-            return super()._build_hypermodel(hp)
+        # loads the continued trial's checkpoint into the new model here.
+        # Its optimizer is not built yet, so Keras skips the saved slots,
+        # except for an optimizer without slots (plain SGD), whose saved
+        # learning rate (the parent's coupled one) would then be coupled a
+        # second time. The model is only built here, from the parent's
+        # build config as KerasTuner does; the tuner's warm start loads the
+        # weights and the optimizer state when `fit` starts.
+        model = keras_tuner_internals.build_hypermodel(self, hp)
+        trial_id = hp.values.get(batch_oracle.TRIAL_ID)
+        if trial_id is not None and not model.built:
+            path = keras_tuner_internals.build_config_path(self, trial_id)
+            if os.path.exists(path):
+                model.build_from_config(project_files.read_json(path))
+        return model

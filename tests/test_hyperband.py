@@ -9,10 +9,12 @@ larger one), the warm start of a continued trial, the out-of-memory ceiling
 KerasTuner's own Hyperband tests: `test_dropin_family.py`.
 """
 
+import keras
 import keras_tuner
 import numpy as np
 import pytest
 from conftest import LearningRateLog
+from conftest import make_mlp
 from search_helpers import build_mlp
 from search_helpers import memory_limited
 from search_helpers import search
@@ -37,10 +39,22 @@ def make_tuner(tmp_path, hypermodel=build_mlp, **kwargs):
     )
 
 
+def build_plain_sgd_mlp(hp):
+    # SGD without momentum has no slots: the unbuilt optimizer of a new
+    # model has as many variables as the saved one (iterations, learning
+    # rate), so a checkpoint loaded at build time would load its learning
+    # rate too. KerasTuner's Hyperband does load there; ours must not.
+    learning_rate = hp.Float("learning_rate", 0.01, 0.1, sampling="log")
+    return make_mlp(optimizer=keras.optimizers.SGD(learning_rate))
+
+
+@pytest.mark.parametrize(
+    "hypermodel", [build_mlp, build_plain_sgd_mlp], ids=["momentum", "plain"]
+)
 def test_batch_size_searched_coupled_and_budgets_count_examples(
-    tmp_path, digits, lr_log
+    tmp_path, digits, lr_log, hypermodel
 ):
-    tuner = make_tuner(tmp_path)
+    tuner = make_tuner(tmp_path, hypermodel)
     assert isinstance(tuner.oracle, BatchHyperbandOracle)
     batch_hp = tuner.oracle.hyperparameters._hps["batch_size"][0]
     assert (batch_hp.min_value, batch_hp.max_value) == (16, 256)

@@ -72,9 +72,9 @@ path in `keras_tuner`) that `keras_batchtune.bayesian` and
   per hyperparameter, the Gaussian process's acquisition is maximised over;
   the `batch_size` side is cut below the out-of-memory ceiling.
 - `Hyperband._build_hypermodel`: builds a trial's model and loads the
-  weights of the trial it continues; the override silences Keras's warning
-  that the optimizer's saved variables are skipped there (the tuner's warm
-  start loads them when `fit` starts).
+  checkpoint of the trial it continues; the override only builds it (see
+  `build_hypermodel`): the tuner's warm start loads weights and optimizer
+  state when `fit` starts, after the learning rate is coupled.
 """
 
 
@@ -109,6 +109,22 @@ def try_build(tuner, hp):
         The compiled `keras.Model`.
     """
     return tuner._try_build(hp)
+
+
+def build_hypermodel(tuner, hp):
+    """Builds a trial's model with the tuner's hypermodel, nothing loaded.
+
+    `keras_tuner.Tuner`'s own `_build_hypermodel`, which `Hyperband`'s
+    extends by loading the checkpoint of the trial a trial continues.
+
+    Args:
+        tuner: A `keras_tuner.Tuner`.
+        hp: A `keras_tuner.HyperParameters`.
+
+    Returns:
+        The compiled `keras.Model`.
+    """
+    return keras_tuner.Tuner._build_hypermodel(tuner, hp)
 
 
 def checkpoint_path(tuner, trial_id):

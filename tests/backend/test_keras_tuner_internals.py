@@ -178,6 +178,17 @@ def test_try_build(searched):
     _check("try_build", check)
 
 
+def test_build_hypermodel(searched):
+    tuner, _, _ = searched
+
+    def check():
+        hp = tuner.oracle.get_space()
+        model = internals.build_hypermodel(tuner, hp)
+        assert isinstance(model, keras.Model) and model.optimizer is not None
+
+    _check("build_hypermodel", check)
+
+
 def test_project_paths(searched):
     tuner, _, _ = searched
     trial_id = tuner.oracle.start_order[0]
