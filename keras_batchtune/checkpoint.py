@@ -142,18 +142,37 @@ class WarmStart(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         build_optimizer(self.model)
-        # The file holds the lower-rung trial's learning rate; this trial
-        # keeps the one coupled to its own batch size.
-        optimizer = getattr(self.model, "optimizer", None)
-        learning_rate = None
-        if optimizer is not None:
-            learning_rate = coupling.learning_rate_object(optimizer)
-        coupled = None
-        if isinstance(learning_rate, keras.Variable):
-            coupled = keras.ops.convert_to_numpy(learning_rate)
-        self.model.load_weights(self.filepath)
-        if coupled is not None:
-            learning_rate.assign(coupled)
+        load_weights_keeping_learning_rate(self.model, self.filepath)
+
+
+def load_weights_keeping_learning_rate(model, filepath):
+    """`model.load_weights`, the optimizer's float learning rate kept.
+
+    A checkpoint of a lower-rung trial holds that trial's coupled learning
+    rate among its optimizer's variables; the trial that continues it keeps
+    the rate it has (its own coupled one, or the compiled one before
+    coupling), so that the coupling applies once.
+
+    Example:
+
+    ```python
+    load_weights_keeping_learning_rate(model, "trial_01/checkpoint.weights.h5")
+    ```
+
+    Args:
+        model: A built, compiled `keras.Model`.
+        filepath: A `.weights.h5` file written by `model.save_weights`.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    learning_rate = None
+    if optimizer is not None:
+        learning_rate = coupling.learning_rate_object(optimizer)
+    kept = None
+    if isinstance(learning_rate, keras.Variable):
+        kept = keras.ops.convert_to_numpy(learning_rate)
+    model.load_weights(filepath)
+    if kept is not None:
+        learning_rate.assign(kept)
 
 
 def defer(callback):

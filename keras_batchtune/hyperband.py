@@ -9,11 +9,13 @@ of a continued trial with its optimizer state).
 """
 
 import os
+import warnings
 
 import keras_tuner
 
 from keras_batchtune import batch_oracle
 from keras_batchtune import bayesian
+from keras_batchtune import checkpoint
 from keras_batchtune import project_files
 from keras_batchtune import tuner as tuner_module
 from keras_batchtune.backend import keras_tuner_internals
@@ -166,18 +168,27 @@ class BatchHyperband(tuner_module.BatchTuner, keras_tuner.Hyperband):
         return BatchHyperbandOracle(**kwargs, **self._hyperband_arguments)
 
     def _build_hypermodel(self, hp):
-        # Overrides KerasTuner's Hyperband (`keras_tuner_internals`), which
-        # loads the continued trial's checkpoint into the new model here.
-        # Its optimizer is not built yet, so Keras skips the saved slots,
-        # except for an optimizer without slots (plain SGD), whose saved
-        # learning rate (the parent's coupled one) would then be coupled a
-        # second time. The model is only built here, from the parent's
-        # build config as KerasTuner does; the tuner's warm start loads the
-        # weights and the optimizer state when `fit` starts.
+        # As KerasTuner's Hyperband (`keras_tuner_internals`): a continued
+        # trial's model is built with the weights of the trial it continues.
+        # Its optimizer is not built yet, so Keras skips the saved slots
+        # (warning silenced: the tuner's warm start loads them when `fit`
+        # starts), except for an optimizer without slots (plain SGD), whose
+        # saved learning rate, the parent's coupled one, would be loaded and
+        # then coupled a second time: the compiled one is kept instead.
         model = keras_tuner_internals.build_hypermodel(self, hp)
         trial_id = hp.values.get(batch_oracle.TRIAL_ID)
-        if trial_id is not None and not model.built:
-            path = keras_tuner_internals.build_config_path(self, trial_id)
-            if os.path.exists(path):
-                model.build_from_config(project_files.read_json(path))
+        if trial_id is None:
+            return model
+        path = keras_tuner_internals.build_config_path(self, trial_id)
+        if not model.built and os.path.exists(path):
+            model.build_from_config(project_files.read_json(path))
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore",
+                message="Skipping variable loading for optimizer",
+                category=UserWarning,
+            )
+            checkpoint.load_weights_keeping_learning_rate(
+                model, keras_tuner_internals.checkpoint_path(self, trial_id)
+            )
         return model

@@ -72,9 +72,9 @@ path in `keras_tuner`) that `keras_batchtune.bayesian` and
   per hyperparameter, the Gaussian process's acquisition is maximised over;
   the `batch_size` side is cut below the out-of-memory ceiling.
 - `Hyperband._build_hypermodel`: builds a trial's model and loads the
-  checkpoint of the trial it continues; the override only builds it (see
-  `build_hypermodel`): the tuner's warm start loads weights and optimizer
-  state when `fit` starts, after the learning rate is coupled.
+  checkpoint of the trial it continues; the override builds it (see
+  `build_hypermodel`) and loads the weights keeping the compiled learning
+  rate, which the trial then couples to its batch size.
 """
 
 
