@@ -470,7 +470,7 @@ def main():
         settings = {
             "epochs": 1,
             "batch_sizes": [32, 64],
-            "learning_rates": [0.001, 0.01],
+            "learning_rates": [0.01],
         }
         scale = 0.05
     path = pathlib.Path(
