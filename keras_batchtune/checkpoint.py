@@ -193,8 +193,7 @@ def defer(callback):
 
 
 def _couple_loaded_optimizer(optimizer, trial, warmup_epochs):
-    """Sets the trial's effective LR (and coupled weight decay), the
-    optimizer shaped as in the trial."""
+    """Shapes a loaded trial's optimizer: its LR, weight decay and steps."""
     name = trial_fit.EFFECTIVE_LEARNING_RATE
     if optimizer is None or not trial.metrics.exists(name):
         return
@@ -217,6 +216,30 @@ def _couple_loaded_optimizer(optimizer, trial, warmup_epochs):
         steps_per_update=steps,
         as_schedule=bool(warmup_epochs),
     )
+
+
+def build_as_in_trial(tuner, model, trial_id):
+    """Builds an unbuilt model from the build config a trial saved.
+
+    KerasTuner saves a trial's build config after its fit; a model that
+    `build` leaves unbuilt (subclassed, no `Input`) needs it before weights
+    can be loaded. A built model, or a trial without the file, is left as
+    it is.
+
+    Example:
+
+    ```python
+    build_as_in_trial(tuner, model, "03")
+    ```
+
+    Args:
+        tuner: A `keras_tuner.Tuner`.
+        model: A `keras.Model`.
+        trial_id: The id of the trial whose checkpoint will be loaded.
+    """
+    path = keras_tuner_internals.build_config_path(tuner, trial_id)
+    if not model.built and os.path.exists(path):
+        model.build_from_config(project_files.read_json(path))
 
 
 def load_best_epoch(tuner, trial, warmup_epochs=0):
@@ -250,9 +273,7 @@ def load_best_epoch(tuner, trial, warmup_epochs=0):
         learning rate.
     """
     model = keras_tuner_internals.try_build(tuner, trial.hyperparameters)
-    config_path = keras_tuner_internals.build_config_path(tuner, trial.trial_id)
-    if not model.built and os.path.exists(config_path):
-        model.build_from_config(project_files.read_json(config_path))
+    build_as_in_trial(tuner, model, trial.trial_id)
     with keras_tuner.engine.tuner.maybe_distribute(tuner.distribution_strategy):
         _couple_loaded_optimizer(model.optimizer, trial, warmup_epochs)
         build_optimizer(model)

@@ -8,7 +8,6 @@ accumulation, records, TensorBoard sessions, the report, and the warm start
 of a continued trial with its optimizer state).
 """
 
-import os
 import warnings
 
 import keras_tuner
@@ -16,7 +15,6 @@ import keras_tuner
 from keras_batchtune import batch_oracle
 from keras_batchtune import bayesian
 from keras_batchtune import checkpoint
-from keras_batchtune import project_files
 from keras_batchtune import tuner as tuner_module
 from keras_batchtune.backend import keras_tuner_internals
 
@@ -179,9 +177,7 @@ class BatchHyperband(tuner_module.BatchTuner, keras_tuner.Hyperband):
         trial_id = hp.values.get(batch_oracle.TRIAL_ID)
         if trial_id is None:
             return model
-        path = keras_tuner_internals.build_config_path(self, trial_id)
-        if not model.built and os.path.exists(path):
-            model.build_from_config(project_files.read_json(path))
+        checkpoint.build_as_in_trial(self, model, trial_id)
         with warnings.catch_warnings():
             warnings.filterwarnings(
                 "ignore",
