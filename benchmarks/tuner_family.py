@@ -219,7 +219,6 @@ def load_grids(task_names, batch_sizes, epochs, quick, output):
         rates = ADAM_GRID_LEARNING_RATES if adam else se.GRID_LEARNING_RATES
         if quick:
             rates = rates[2:4]
-        if quick:
             path = output.with_name(output.stem + "_grid.json")
         elif adam:
             path = RESULTS / "tuner_family_grid.json"
@@ -262,10 +261,12 @@ def summarize(runs, grids, checkpoints):
             rows = {}
             for tuner in dict.fromkeys(r["tuner"] for r in group):
                 mine = {r["seed"]: r for r in group if r["tuner"] == tuner}
-                row = {"seeds": len(mine), "trials": None}
-                row["trials"] = statistics.median(
-                    len(r["trials"]) for r in mine.values()
-                )
+                row = {
+                    "seeds": len(mine),
+                    "trials": statistics.median(
+                        len(r["trials"]) for r in mine.values()
+                    ),
+                }
                 for n in checkpoints:
                     bests = [
                         se.best_after(r["trials"], n) for r in mine.values()
