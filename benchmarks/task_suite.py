@@ -42,6 +42,7 @@ Usage:
 ```
 python benchmarks/task_suite.py            # every grid (about 15 min)
 python benchmarks/task_suite.py --tasks regression sequence
+python benchmarks/task_suite.py --recompute sequence  # after changing it
 python benchmarks/task_suite.py --quick    # smoke test: tiny data and grid
 ```
 """
@@ -380,8 +381,9 @@ def learning_rate_regimes(task, points):
     }
 
 
-def load_or_compute(path, task_names, settings, scale=1.0):
-    """Every task's cached grid entry (computed where missing or stale)."""
+def load_or_compute(path, task_names, settings, scale=1.0, recompute=()):
+    """Every task's cached grid entry (computed where missing or stale, or
+    named in `recompute`: a task whose definition changed)."""
     cached = json.loads(path.read_text()) if path.exists() else {}
     entries = {}
     for name in task_names:
@@ -392,7 +394,7 @@ def load_or_compute(path, task_names, settings, scale=1.0):
                 settings.get("learning_rates") or task.grid_learning_rates
             ),
         )
-        entry = cached.get(name)
+        entry = None if name in recompute else cached.get(name)
         if not entry or entry.get("settings") != task_settings:
             print(f"grid {name}: computing", flush=True)
             start = time.perf_counter()
@@ -458,6 +460,14 @@ def main():
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
+        "--recompute",
+        nargs="+",
+        choices=sorted(TASKS),
+        default=[],
+        help="tasks whose cached grid is computed again (after a change to "
+        "their definition, which the cache's settings do not record)",
+    )
+    parser.add_argument(
         "--output",
         default=None,
         help=f"grid cache (default {RESULTS}/task_suite_grid.json; with "
@@ -481,7 +491,7 @@ def main():
             else RESULTS / "task_suite_grid.json"
         )
     )
-    entries = load_or_compute(path, args.tasks, settings, scale)
+    entries = load_or_compute(path, args.tasks, settings, scale, args.recompute)
     for name, entry in entries.items():
         print_grid(name, entry)
     print(f"\ngrids in {path}")
