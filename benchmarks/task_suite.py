@@ -18,8 +18,10 @@ cores:
   `val_accuracy`.
 - `digits_convnet`: bundled digits as 8x8x1 images; conv 16 and 32, dense
   10; Adam; `val_accuracy`.
-- `sequence`: 40 symbols of 8, is a 3-symbol motif present (half are);
-  1-D conv 32, global max pool; Adam; `val_accuracy`.
+- `sequence`: 40 symbols of 8, how many of two gapped 3-symbol motifs
+  (`1 _ 3 _ 5`, each in half of the sequences, with near-miss decoys) are
+  present: 0, 1 or 2; 1-D conv 32 of width 5, global max pool; Adam;
+  `val_accuracy`.
 
 Tabular and regression tasks have 6,000 examples (4,800 for training),
 the sequence task 4,000; the split is fixed (seed 0).
@@ -261,23 +263,49 @@ def digits_convnet_task():
     )
 
 
-def sequence_task(length=40, symbols=8, motif=(1, 3, 5)):
-    """Is `motif` (three symbols in a row) in a random sequence? 50/50."""
+def sequence_task(
+    length=40, symbols=8, motifs=((1, 3, 5), (6, 2, 4)), gap=2, decoys=2
+):
+    """How many of two gapped motifs are in a random sequence: 0, 1 or 2?
+
+    A motif is three symbols `gap` apart (`1 _ 3 _ 5`); each is present
+    in half of the sequences, independently, and every sequence also holds
+    `decoys` near-misses (a motif with one symbol wrong), so that finding
+    one symbol pair is not enough.
+    """
+    span = gap * (len(motifs[0]) - 1) + 1
+
+    def starts(row, motif):
+        return [
+            start
+            for start in range(length - span + 1)
+            if all(row[start + gap * i] == m for i, m in enumerate(motif))
+        ]
+
+    def plant(row, motif, start, wrong=None, rng=None):
+        for i, symbol in enumerate(motif):
+            if i == wrong:
+                symbol = (symbol + 1 + rng.integers(0, symbols - 1)) % symbols
+            row[start + gap * i] = symbol
 
     def make_data(scale=1.0):
         rng = np.random.default_rng(0)
         count = max(64, int(4000 * scale))
         tokens = rng.integers(0, symbols, size=(count, length))
-        # Remove chance occurrences, then plant the motif in half.
-        for row in tokens:
-            for start in range(length - len(motif) + 1):
-                if tuple(row[start : start + len(motif)]) == motif:
-                    row[start] = (row[start] + 1) % symbols
-        labels = (np.arange(count) % 2).astype("int32")
-        for row, label in zip(tokens, labels):
-            if label:
-                start = rng.integers(0, length - len(motif) + 1)
-                row[start : start + len(motif)] = motif
+        present = rng.random((count, len(motifs))) < 0.5
+        for row, flags in zip(tokens, present):
+            for _ in range(decoys):
+                motif = motifs[rng.integers(0, len(motifs))]
+                start = rng.integers(0, length - span + 1)
+                plant(row, motif, start, rng.integers(0, len(motif)), rng)
+            # Remove chance occurrences, then plant the motifs drawn.
+            for motif in motifs:
+                while found := starts(row, motif):
+                    row[found[0]] = (row[found[0]] + 1) % symbols
+            for motif, flag in zip(motifs, flags):
+                if flag:
+                    plant(row, motif, rng.integers(0, length - span + 1))
+        labels = present.sum(axis=1).astype("int32")
         features = np.eye(symbols, dtype="float32")[tokens]
         split = int(0.8 * count)
         return (
@@ -291,9 +319,9 @@ def sequence_task(length=40, symbols=8, motif=(1, 3, 5)):
         return _classifier(
             [
                 keras.Input((length, symbols)),
-                keras.layers.Conv1D(32, 3, activation="relu"),
+                keras.layers.Conv1D(32, span, activation="relu"),
                 keras.layers.GlobalMaxPooling1D(),
-                keras.layers.Dense(2, activation="softmax"),
+                keras.layers.Dense(len(motifs) + 1, activation="softmax"),
             ],
             "adam",
             learning_rate,

@@ -1,0 +1,449 @@
+"""Benchmark: BatchTuner's defaults and recommendations, chosen on a suite.
+
+Every search of `task_suite.py`'s eight tasks, in both LR regimes, for
+KerasTuner's `RandomSearch` and `Hyperband` (batch size sampled in
+`HyperModel.fit`, LR independent: the LR the model trains with) and the
+BatchTuner variants that are candidate defaults or recommendations (LR at
+the reference batch 32, coupled linearly), each search in a fresh process:
+
+- `batchtune`: the defaults (`lr_scaling="linear"`, no halving, no band);
+- `batchtune successive_halving min_epochs=4`:
+  `successive_halving={"factor": 2, "min_epochs": 4}` (4 and 8 epochs);
+- `batchtune successive_halving`: `{"factor": 2, "min_epochs": 2}` (2, 4
+  and 8 epochs: more configurations in the same 12 trials);
+- `batchtune lr_band=range_test`: the LR band from a range test at batch 32;
+- `batchtune lr_band=trials`: the LR band learned from the trials;
+- `batch_hyperband`: `keras_batchtune.BatchHyperband` (`factor=3`,
+  `hyperband_iterations=1`: 10 trials of 3 or 8 epochs).
+
+`randomsearch` and the BatchTuner variants run 12 trials of 8 epochs;
+`hyperband` runs KerasTuner's `Hyperband(max_epochs=8, factor=3,
+hyperband_iterations=2)` (20 trials of 3 or 8 epochs, as in
+`tuner_family.py`). Batch sizes 16-512 (powers of two); the LR ranges are the
+suite's regimes (`drop-in`: the decade centred on the best grid LR at batch
+32; `wide`: three decades), derived from the cached grids before any search.
+The wide-range levers (halving over more configurations, the two LR bands,
+the coupled Hyperband) run in the wide regime only.
+
+**The ranking rule, written down before the searches were run.** Per task
+and regime, each tuner's score is the median over seeds of the best
+objective of its whole search (12 trials; Hyperband's 20, BatchHyperband's
+10). Tuner `u` beats tuner `v` on a task if its score is better by more than
+the tie margin (half a point, 0.005, of accuracy; 0.5% of the task's
+reference optimum for a loss), or if the scores are within the margin and
+`u`'s median search time is shorter. A tuner's rank on a task is 1 plus the
+number of tuners that beat it; its aggregate rank in a regime is the median
+of its ranks over the tasks, ties broken by the median over tasks of its
+search-time ratio to RandomSearch (the cheaper first). The recommended
+BatchTuner setting for a regime is the BatchTuner variant with the best
+aggregate rank; it is stable if it stays the best variant when each task in
+turn is left out (leave-one-task-out). A default or recommendation that
+this rule does not pick is withdrawn from the docs.
+
+Reported per (task, regime, tuner): the median best after 4, 8 and 12
+trials and at the end; the probability (fraction of seeds) of landing within
+1 point (0.01; 1% of a loss) of the task's reference optimum (the better of
+the grid's best point and the best score any search of the task saw) after
+12 trials and at the end; the median search seconds and, per seed, the
+ratio to RandomSearch's and to Hyperband's; the chosen configuration's fit
+seconds (the grid's median plain-fit time at its batch size) as a ratio to
+RandomSearch's chosen one, also with the pick of a `tolerance` of half a
+point (the same search reloaded with the keyword).
+
+Searches run two at a time (one per core, each process limited to one
+TensorFlow thread), seed-major, so that a run cut short keeps whole seeds;
+each finished search is appended to the results file at once, and
+`--resume` skips the searches already in it.
+
+Usage:
+
+```
+python benchmarks/suite_search.py --seeds 3          # about 90 min, 2 cores
+python benchmarks/suite_search.py --seeds 3 --resume # after an interruption
+python benchmarks/suite_search.py --summarize        # tables again
+python benchmarks/suite_search.py --quick            # smoke test
+```
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import argparse  # noqa: E402
+import concurrent.futures  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import multiprocessing  # noqa: E402
+import pathlib  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import suite_ranking  # noqa: E402
+import task_suite  # noqa: E402
+
+RESULTS = task_suite.RESULTS
+BATCH_RANGE = (16, 512)
+TRIALS = 12
+BASELINES = ("randomsearch", "hyperband")
+HYPERBAND = {"factor": 3, "hyperband_iterations": 2}
+BATCH_HYPERBAND = {"factor": 3, "hyperband_iterations": 1}
+# BatchTuner variant -> its keyword arguments.
+BATCHTUNE = {
+    "batchtune": {},
+    "batchtune successive_halving min_epochs=4": {
+        "successive_halving": {"factor": 2, "min_epochs": 4}
+    },
+    "batchtune successive_halving": {
+        "successive_halving": {"factor": 2, "min_epochs": 2}
+    },
+    "batchtune lr_band=range_test": {"lr_band": "range_test"},
+    "batchtune lr_band=trials": {"lr_band": "trials"},
+}
+REGIME_TUNERS = {
+    "drop-in": (
+        "randomsearch",
+        "batchtune",
+        "batchtune successive_halving min_epochs=4",
+    ),
+    "wide": BASELINES + tuple(BATCHTUNE) + ("batch_hyperband",),
+}
+
+
+def objective(task):
+    import keras_tuner
+
+    return keras_tuner.Objective(task.objective, direction=task.direction)
+
+
+def learning_rate_hp(hp, lr_range):
+    return hp.Float("learning_rate", lr_range[0], lr_range[1], sampling="log")
+
+
+def batch_size_hp(hp):
+    return hp.Int("batch_size", *BATCH_RANGE, step=2, sampling="log")
+
+
+def make_tuner(name, task, lr_range, seed, epochs, trials, directory, **extra):
+    """The tuner `name` over the suite's (batch, LR) space."""
+    import keras_tuner
+
+    import keras_batchtune
+
+    common = dict(
+        objective=objective(task),
+        seed=seed,
+        directory=directory,
+        project_name=name.replace(" ", "_").replace("=", "_"),
+        overwrite=not extra.pop("reload", False),
+    )
+    if name in BASELINES:
+
+        class IndependentHyperModel(keras_tuner.HyperModel):
+            def build(self, hp):
+                return task.make_model(learning_rate_hp(hp, lr_range))
+
+            def fit(self, hp, model, *args, **kwargs):
+                return model.fit(*args, batch_size=batch_size_hp(hp), **kwargs)
+
+        declared = keras_tuner.HyperParameters()
+        batch_size_hp(declared)
+        learning_rate_hp(declared, lr_range)
+        if name == "hyperband":
+            return keras_tuner.Hyperband(
+                IndependentHyperModel(),
+                hyperparameters=declared,
+                max_epochs=epochs,
+                **HYPERBAND,
+                **common,
+            )
+        return keras_tuner.RandomSearch(
+            IndependentHyperModel(),
+            hyperparameters=declared,
+            max_trials=trials,
+            **common,
+        )
+    coupled = dict(
+        min_batch_size=BATCH_RANGE[0],
+        max_batch_size=BATCH_RANGE[1],
+        base_batch_size=task_suite.REFERENCE_BATCH_SIZE,
+        lr_scaling="linear",
+        **common,
+        **extra,
+    )
+
+    def build(hp):
+        return task.make_model(learning_rate_hp(hp, lr_range))
+
+    if name == "batch_hyperband":
+        return keras_batchtune.BatchHyperband(
+            build, max_epochs=epochs, **BATCH_HYPERBAND, **coupled
+        )
+    return keras_batchtune.BatchTuner(
+        build, max_trials=trials, **BATCHTUNE[name], **coupled
+    )
+
+
+def trial_record(trial):
+    values = trial.hyperparameters.values
+    score = trial.score
+    finite = score is not None and score == score and abs(score) != float("inf")
+    return {
+        "trial_id": trial.trial_id,
+        "status": trial.status,
+        "score": float(score) if finite else None,
+        "batch_size": values.get("batch_size"),
+        "learning_rate": values.get("learning_rate"),
+        "epochs": values.get("tuner/epochs"),
+    }
+
+
+def chosen_batch_size(tuner):
+    best = tuner.oracle.get_best_trials(1)
+    return best[0].hyperparameters.values.get("batch_size") if best else None
+
+
+def run_search(name, task_name, regime, seed, epochs, trials, scale, grid):
+    """One search in this (fresh) process: its trials, time and picks."""
+    import keras
+
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # One core per search: two searches run side by side.
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    task = task_suite.TASKS[task_name]
+    x, y, x_val, y_val = task.make_data(scale)
+    lr_range = tuple(grid["regimes"][regime])
+    # Untimed warm-up: a process's first fit pays the framework's start-up.
+    task.make_model(lr_range[0]).fit(
+        x, y, batch_size=BATCH_RANGE[0], epochs=1, verbose=0
+    )
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    with tempfile.TemporaryDirectory() as directory:
+        start = time.perf_counter()
+        tuner = make_tuner(
+            name, task, lr_range, seed, epochs, trials, directory
+        )
+        tuner.search(
+            x, y, epochs=epochs, validation_data=(x_val, y_val), verbose=0
+        )
+        seconds = time.perf_counter() - start
+        records = [
+            trial_record(tuner.oracle.trials[trial_id])
+            for trial_id in sorted(tuner.oracle.trials, key=_trial_order)
+        ]
+        chosen = {"default": chosen_batch_size(tuner)}
+        if name != "hyperband":
+            tolerance = suite_ranking.margin(task, grid["optimum"]["objective"])
+            reloaded = make_tuner(
+                name,
+                task,
+                lr_range,
+                seed,
+                epochs,
+                trials,
+                directory,
+                reload=True,
+                tolerance=tolerance,
+            )
+            chosen["tolerance"] = chosen_batch_size(reloaded)
+    return {
+        "tuner": name,
+        "task": task_name,
+        "regime": regime,
+        "seed": seed,
+        "search_seconds": seconds,
+        "trials": records,
+        "chosen_batch_size": chosen,
+    }
+
+
+def _trial_order(trial_id):
+    return int(trial_id) if str(trial_id).isdigit() else trial_id
+
+
+def jobs(task_names, regimes, tuners, seeds):
+    """Seed-major order; the tuners of a (task, regime) rotate with the seed."""
+    order = []
+    for seed in seeds:
+        for task_name in task_names:
+            for regime in regimes:
+                names = [t for t in REGIME_TUNERS[regime] if t in tuners]
+                shift = seed % max(1, len(names))
+                for name in names[shift:] + names[:shift]:
+                    order.append((name, task_name, regime, seed))
+    return order
+
+
+def run_all(order, output, epochs, trials, scale, grids, workers):
+    """Runs `order`, two fresh processes at a time, appending each result."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, max_tasks_per_child=1
+    ) as pool:
+        futures = {
+            pool.submit(
+                run_search,
+                name,
+                task_name,
+                regime,
+                seed,
+                epochs,
+                trials,
+                scale,
+                grids[task_name],
+            ): (name, task_name, regime, seed)
+            for name, task_name, regime, seed in order
+        }
+        for done, future in enumerate(
+            concurrent.futures.as_completed(futures), 1
+        ):
+            run = future.result()
+            with open(output, "a") as stream:
+                stream.write(json.dumps(run) + "\n")
+            task = task_suite.TASKS[run["task"]]
+            print(
+                f"[{done}/{len(order)}] {run['task']} / {run['regime']} / "
+                f"{run['tuner']} seed {run['seed']}: best "
+                f"{suite_ranking.best_after(task, run)} in "
+                f"{run['search_seconds']:.1f} s",
+                flush=True,
+            )
+
+
+def load_runs(path):
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=sorted(task_suite.TASKS),
+        default=list(task_suite.TASKS),
+    )
+    parser.add_argument(
+        "--regimes",
+        nargs="+",
+        choices=sorted(REGIME_TUNERS),
+        default=list(REGIME_TUNERS),
+    )
+    parser.add_argument(
+        "--tuners",
+        nargs="+",
+        choices=REGIME_TUNERS["wide"],
+        default=list(REGIME_TUNERS["wide"]),
+    )
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--summarize", action="store_true")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help=f"results (default {RESULTS}/task_suite_search.jsonl, one "
+        "search per line, and its summary beside it; with --quick, the "
+        "system's temporary folder)",
+    )
+    args = parser.parse_args()
+    epochs, trials, scale = task_suite.EPOCHS, TRIALS, 1.0
+    settings = {"epochs": epochs, "batch_sizes": list(task_suite.BATCH_SIZES)}
+    grid_path = RESULTS / "task_suite_grid.json"
+    if args.quick:
+        epochs, trials, scale = 2, 2, 0.05
+        # One seed of the wide regime's baselines and coupled pair, on one
+        # task unless named: a smoke test of every code path that matters.
+        args.tasks = args.tasks[:1] if len(args.tasks) > 2 else args.tasks
+        args.seeds, args.regimes = 1, ["wide"]
+        if len(args.tuners) == len(REGIME_TUNERS["wide"]):
+            args.tuners = list(BASELINES) + ["batchtune", "batch_hyperband"]
+        settings = {"epochs": 2, "batch_sizes": [16, 32], "learning_rates": []}
+        grid_path = (
+            pathlib.Path(tempfile.gettempdir()) / "suite_quick_grid.json"
+        )
+    output = pathlib.Path(
+        args.output
+        or (
+            pathlib.Path(tempfile.gettempdir())
+            / "task_suite_search_quick.jsonl"
+            if args.quick
+            else RESULTS / "task_suite_search.jsonl"
+        )
+    )
+    grids = {}
+    for name in args.tasks:
+        task_settings = dict(settings)
+        if args.quick:
+            task_settings["learning_rates"] = list(
+                task_suite.TASKS[name].grid_learning_rates[2:4]
+            )
+        grids.update(
+            task_suite.load_or_compute(grid_path, [name], task_settings, scale)
+        )
+    if not args.summarize:
+        if not args.resume and output.exists():
+            output.unlink()
+        done = {
+            (r["tuner"], r["task"], r["regime"], r["seed"])
+            for r in load_runs(output)
+        }
+        order = [
+            job
+            for job in jobs(
+                args.tasks, args.regimes, args.tuners, range(args.seeds)
+            )
+            if job not in done
+        ]
+        print(f"{len(order)} searches ({len(done)} already done)", flush=True)
+        run_all(order, output, epochs, trials, scale, grids, args.workers)
+    runs = [r for r in load_runs(output) if r["task"] in grids]
+    summary = suite_ranking.summarize(runs, grids)
+    suite_ranking.print_tables(summary)
+    recommendations = {
+        regime: suite_ranking.recommendation(summary, regime)
+        for regime in args.regimes
+    }
+    wide = {
+        name: suite_ranking.wide_gap(summary, name)
+        for name in REGIME_TUNERS["wide"]
+        if name.startswith("batch")
+    }
+    summary_path = output.with_suffix(".summary.json")
+    summary_path.write_text(
+        json.dumps(
+            {
+                "date": datetime.date.today().isoformat(),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+                "settings": {
+                    "epochs": epochs,
+                    "trials": trials,
+                    "batch_range": BATCH_RANGE,
+                    "hyperband": HYPERBAND,
+                    "batch_hyperband": BATCH_HYPERBAND,
+                    "scale": scale,
+                },
+                "summary": summary,
+                "aggregate": {
+                    regime: suite_ranking.aggregate(summary, regime)
+                    for regime in args.regimes
+                },
+                "recommendations": recommendations,
+                "wide_gap": wide,
+            },
+            indent=2,
+        )
+    )
+    print(f"\nresults in {output}, summary in {summary_path}")
+
+
+if __name__ == "__main__":
+    main()
