@@ -88,6 +88,8 @@ RESULTS = task_suite.RESULTS
 BATCH_RANGE = (16, 512)
 TRIALS = 12
 BASELINES = ("randomsearch", "hyperband")
+# KerasTuner's tuners, with the batch size sampled in `HyperModel.fit`.
+KERAS_TUNER = BASELINES + ("bayesian",)
 HYPERBAND = {"factor": 3, "hyperband_iterations": 2}
 BATCH_HYPERBAND = {"factor": 3, "hyperband_iterations": 1}
 # BatchTuner variant -> its keyword arguments.
@@ -122,12 +124,23 @@ def learning_rate_hp(hp, lr_range):
     return hp.Float("learning_rate", lr_range[0], lr_range[1], sampling="log")
 
 
-def batch_size_hp(hp):
-    return hp.Int("batch_size", *BATCH_RANGE, step=2, sampling="log")
+def batch_size_hp(hp, batch_range=BATCH_RANGE):
+    return hp.Int("batch_size", *batch_range, step=2, sampling="log")
 
 
-def make_tuner(name, task, lr_range, seed, epochs, trials, directory, **extra):
-    """The tuner `name` over the suite's (batch, LR) space."""
+def make_tuner(
+    name,
+    task,
+    lr_range,
+    seed,
+    epochs,
+    trials,
+    directory,
+    batch_range=BATCH_RANGE,
+    **extra,
+):
+    """The tuner `name` over the (batch, LR) space; `extra`: BatchTuner's
+    keywords, and `reload=True` to reload a finished project."""
     import keras_tuner
 
     import keras_batchtune
@@ -139,17 +152,19 @@ def make_tuner(name, task, lr_range, seed, epochs, trials, directory, **extra):
         project_name=name.replace(" ", "_").replace("=", "_"),
         overwrite=not extra.pop("reload", False),
     )
-    if name in BASELINES:
+    if name in KERAS_TUNER:
 
         class IndependentHyperModel(keras_tuner.HyperModel):
             def build(self, hp):
                 return task.make_model(learning_rate_hp(hp, lr_range))
 
             def fit(self, hp, model, *args, **kwargs):
-                return model.fit(*args, batch_size=batch_size_hp(hp), **kwargs)
+                return model.fit(
+                    *args, batch_size=batch_size_hp(hp, batch_range), **kwargs
+                )
 
         declared = keras_tuner.HyperParameters()
-        batch_size_hp(declared)
+        batch_size_hp(declared, batch_range)
         learning_rate_hp(declared, lr_range)
         if name == "hyperband":
             return keras_tuner.Hyperband(
@@ -159,15 +174,19 @@ def make_tuner(name, task, lr_range, seed, epochs, trials, directory, **extra):
                 **HYPERBAND,
                 **common,
             )
-        return keras_tuner.RandomSearch(
+        tuner_class = {
+            "randomsearch": keras_tuner.RandomSearch,
+            "bayesian": keras_tuner.BayesianOptimization,
+        }[name]
+        return tuner_class(
             IndependentHyperModel(),
             hyperparameters=declared,
             max_trials=trials,
             **common,
         )
     coupled = dict(
-        min_batch_size=BATCH_RANGE[0],
-        max_batch_size=BATCH_RANGE[1],
+        min_batch_size=batch_range[0],
+        max_batch_size=batch_range[1],
         base_batch_size=task_suite.REFERENCE_BATCH_SIZE,
         lr_scaling="linear",
         **common,
@@ -374,7 +393,7 @@ def main():
         args.output
         or (
             pathlib.Path(tempfile.gettempdir())
-            / "task_suite_search_quick.jsonl"
+            / "suite_search_quick.jsonl"
             if args.quick
             else RESULTS / "task_suite_search.jsonl"
         )
@@ -405,7 +424,11 @@ def main():
         ]
         print(f"{len(order)} searches ({len(done)} already done)", flush=True)
         run_all(order, output, epochs, trials, scale, grids, args.workers)
-    runs = [r for r in load_runs(output) if r["task"] in grids]
+    runs = [
+        r
+        for r in load_runs(output)
+        if r["task"] in grids and r["tuner"] in args.tuners
+    ]
     summary = suite_ranking.summarize(runs, grids)
     suite_ranking.print_tables(summary)
     recommendations = {

@@ -63,6 +63,13 @@ class Workload:
     target: float
     epochs: int
 
+    objective = "val_accuracy"
+    direction = "max"
+
+    def within_one_point(self, value, optimum):
+        """Within 1 point (0.01) of `optimum`."""
+        return value is not None and value >= optimum - 0.01 - 1e-6
+
     @property
     def learning_rate_range(self):
         """The decade centred on the base LR (a search's drop-in range)."""

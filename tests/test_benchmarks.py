@@ -28,15 +28,13 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
         ),
         pytest.param("tuner_family.py", marks=pytest.mark.tensorflow_backend),
         pytest.param("task_suite.py", marks=pytest.mark.tensorflow_backend),
+        pytest.param("suite_search.py", marks=pytest.mark.tensorflow_backend),
     ],
 )
 def test_quick_mode_runs(tmp_path, script):
     # Without --output, a smoke run writes to the temporary folder (TMPDIR,
     # here the test's), never over the results the documentation quotes.
-    recorded = {
-        path: path.read_bytes()
-        for path in (BENCHMARKS / "results").glob("*.json")
-    }
+    recorded = recorded_results()
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--quick"],
         capture_output=True,
@@ -50,9 +48,35 @@ def test_quick_mode_runs(tmp_path, script):
         },
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (tmp_path / f"{script[:-3]}_quick.json").exists()
-    after = {
-        path: path.read_bytes()
-        for path in (BENCHMARKS / "results").glob("*.json")
-    }
-    assert after == recorded
+    assert list(tmp_path.glob(f"{script[:-3]}_quick.json*"))
+    assert recorded_results() == recorded
+
+
+def recorded_results():
+    """The recorded results and plots the documentation quotes."""
+    paths = [
+        *(BENCHMARKS / "results").glob("*.json*"),
+        *(BENCHMARKS.parent / "docs").glob("*.png"),
+    ]
+    return {path: path.read_bytes() for path in paths}
+
+
+@pytest.mark.skipif(
+    BACKEND != "jax", reason="the GPU machine runs JAX; smoke-tested there"
+)
+def test_device_check_smoke(tmp_path):
+    # The script the GPU machine runs (issue 16), at its smallest settings:
+    # the throughput curve, the workload searches and the dynamic batch,
+    # each exiting 0 and writing its JSON where it was told to.
+    recorded = recorded_results()
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS / "device_check.sh"), str(tmp_path), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    for name in ("throughput", "workload_search", "workload_dynamic"):
+        assert (tmp_path / f"{name}.json").exists(), name
+    assert recorded_results() == recorded
