@@ -225,6 +225,55 @@ def wide_gap(summary, variant):
     return checks
 
 
+def wide_gap_overall(checks):
+    """The three conditions over the suite: the median over tasks of the
+    difference to Hyperband (>= 0), the median search ratio (<= 0.7), and
+    the seeds within 1 point summed over tasks (>= Hyperband's)."""
+    if not checks:
+        return None
+    rows = list(checks.values())
+    difference = median(r["best_after_12_minus_hyperband"] for r in rows)
+    ratio = median(r["search_ratio_to_randomsearch"] for r in rows)
+    mine = sum(r["p_within_1pt"] for r in rows)
+    theirs = sum(r["hyperband_p_within_1pt"] for r in rows)
+    return {
+        "tasks_meeting_all_three": sum(
+            r["at_least_hyperband"]
+            and r["within_time"]
+            and r["as_often_within_1pt"]
+            for r in rows
+        ),
+        "tasks": len(rows),
+        "median_difference_to_hyperband": difference,
+        "median_search_ratio_to_randomsearch": ratio,
+        "within_1pt_share": mine / len(rows),
+        "hyperband_within_1pt_share": theirs / len(rows),
+        "met": difference >= -1e-9
+        and ratio is not None
+        and ratio <= SEARCH_TARGET
+        and mine >= theirs - 1e-9,
+    }
+
+
+def print_wide_gap(summary, variants):
+    """Issue 19's wide-range target, per variant, over the suite."""
+    print("\nwide regime against Hyperband (best after 12 trials; tasks")
+    print("meeting all three / median difference / median time /RS /")
+    print("share of seeds within 1 point, ours against Hyperband's):")
+    for variant in variants:
+        overall = wide_gap_overall(wide_gap(summary, variant))
+        if overall:
+            print(
+                f"  {variant:44} {overall['tasks_meeting_all_three']}/"
+                f"{overall['tasks']} "
+                f"{overall['median_difference_to_hyperband']:+.4f} "
+                f"{overall['median_search_ratio_to_randomsearch']:.2f} "
+                f"{overall['within_1pt_share']:.2f} vs "
+                f"{overall['hyperband_within_1pt_share']:.2f} "
+                f"{'MET' if overall['met'] else 'missed'}"
+            )
+
+
 def fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
@@ -276,3 +325,71 @@ def print_tables(summary):
             f"  recommended BatchTuner setting: {chosen}; leave-one-task-out "
             f"{stable}/{len(left_out)} ({left_out})"
         )
+
+
+def markdown(summary):
+    """The per-task tables and the aggregates, as Markdown for the docs."""
+    lines = []
+    for regime in ("drop-in", "wide"):
+        lines += [
+            f"### {regime.capitalize()} regime, per task",
+            "",
+            "| task | tuner | rank | best after 4 / 8 / 12 / end | "
+            "P(1 pt) after 12 / end | search s | /RS | /HB | "
+            "chosen fit /RS (tolerance) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for block in summary.values():
+            if block["regime"] != regime:
+                continue
+            task = task_suite.TASKS[block["task"]]
+            task_ranks = ranks(
+                task, block["tuners"], block["reference_optimum"]
+            )
+            low, high = block["learning_rate_range"]
+            title = (
+                f"{block['task']} ({low:.2g}-{high:.2g}; "
+                f"ref. {block['reference_optimum']:.3f})"
+            )
+            order = sorted(block["tuners"], key=task_ranks.get)
+            for tuner in order:
+                row = block["tuners"][tuner]
+                bests = " / ".join(
+                    fmt(row[key], ".3f")
+                    for key in (
+                        "best_after_4",
+                        "best_after_8",
+                        "best_after_12",
+                        "best_final",
+                    )
+                )
+                lines.append(
+                    f"| {title} | {tuner} | {task_ranks[tuner]} | {bests} | "
+                    f"{row['p_within_1pt_after_12']:.2f} / "
+                    f"{row['p_within_1pt_final']:.2f} | "
+                    f"{row['search_seconds']:.1f} | "
+                    f"{fmt(row['search_ratio_to_randomsearch'], '.2f')} | "
+                    f"{fmt(row['search_ratio_to_hyperband'], '.2f')} | "
+                    f"{fmt(row['chosen_fit_ratio_default'], '.2f')} "
+                    f"({fmt(row['chosen_fit_ratio_tolerance'], '.2f')}) |"
+                )
+                title = ""
+        lines += ["", f"### {regime.capitalize()} regime, aggregate", ""]
+        lines += [
+            "| tuner | median rank | median search /RS |",
+            "|---|---|---|",
+        ]
+        for tuner, rank, ratio in aggregate(summary, regime):
+            lines.append(f"| {tuner} | {rank:g} | {ratio:.2f} |")
+        chosen, left_out = recommendation(summary, regime)
+        stable = sum(winner == chosen for winner in left_out.values())
+        others = sorted({w for w in left_out.values() if w != chosen})
+        lines += [
+            "",
+            f"Best of the library's variants: **{chosen}**; leave-one-task-"
+            f"out: {stable} of {len(left_out)}"
+            + (f" (otherwise {', '.join(others)})" if others else "")
+            + ".",
+            "",
+        ]
+    return "\n".join(lines)
