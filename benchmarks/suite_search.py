@@ -9,8 +9,6 @@ the reference batch 32, coupled linearly), each search in a fresh process:
 - `batchtune`: the defaults (`lr_scaling="linear"`, no halving, no band);
 - `batchtune successive_halving min_epochs=4`:
   `successive_halving={"factor": 2, "min_epochs": 4}` (4 and 8 epochs);
-- `batchtune successive_halving`: `{"factor": 2, "min_epochs": 2}` (2, 4
-  and 8 epochs: more configurations in the same 12 trials);
 - `batchtune lr_band=range_test`: the LR band from a range test at batch 32;
 - `batchtune lr_band=trials`: the LR band learned from the trials;
 - `batchtune lr_band=range_test successive_halving min_epochs=4`: both;
@@ -26,8 +24,9 @@ hyperband_iterations=2)` (20 trials of 3 or 8 epochs, as in
 `tuner_family.py`). Batch sizes 16-512 (powers of two); the LR ranges are the
 suite's regimes (`drop-in`: the decade centred on the best grid LR at batch
 32; `wide`: three decades), derived from the cached grids before any search.
-The wide-range levers (halving over more configurations, the two LR bands,
-the coupled Hyperband) run in the wide regime only.
+The wide-range levers (the two LR bands, with and without halving, and the
+coupled Hyperband) run in the wide regime only; `batchtune lr_scaling=sqrt`
+(the square-root rule) in the drop-in regime of the Adam tasks only.
 
 **The default rule's check, also written down before it was run.**
 `lr_scaling` is `"linear"` by default; `"sqrt"` is what the literature
@@ -76,7 +75,7 @@ each finished search is appended to the results file at once, and
 Usage:
 
 ```
-python benchmarks/suite_search.py --seeds 3          # about 90 min, 2 cores
+python benchmarks/suite_search.py --seeds 3          # about 80 min, 2 cores
 python benchmarks/suite_search.py --seeds 3 --resume # after an interruption
 python benchmarks/suite_search.py --summarize        # tables again
 python benchmarks/suite_search.py --quick            # smoke test
@@ -115,9 +114,6 @@ BATCHTUNE = {
     "batchtune": {},
     "batchtune successive_halving min_epochs=4": {
         "successive_halving": {"factor": 2, "min_epochs": 4}
-    },
-    "batchtune successive_halving": {
-        "successive_halving": {"factor": 2, "min_epochs": 2}
     },
     "batchtune lr_band=range_test": {"lr_band": "range_test"},
     "batchtune lr_band=trials": {"lr_band": "trials"},
