@@ -60,6 +60,7 @@ if [ "$mode" = "--smoke" ]; then
   step workload_search 300 "$python" "$bench/workload_search.py" --quick \
     --output "$out/workload_search.json"
   step workload_dynamic 300 "$python" "$bench/workload_dynamic.py" --quick \
+    --workloads convnet --policies schedule goodput \
     --output "$out/workload_dynamic.json"
   exit $status
 fi
