@@ -274,6 +274,12 @@ def print_wide_gap(summary, variants):
             )
 
 
+def best_columns(row, separator):
+    """A row's median bests after 4, 8 and 12 trials and at the end."""
+    keys = ("best_after_4", "best_after_8", "best_after_12", "best_final")
+    return separator.join(fmt(row[key], ".3f") for key in keys)
+
+
 def fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
@@ -293,15 +299,7 @@ def print_tables(summary):
             f"{'fit/RS':>6} {'tol':>5}"
         )
         for tuner, row in block["tuners"].items():
-            bests = "/".join(
-                fmt(row[key], ".3f")
-                for key in (
-                    "best_after_4",
-                    "best_after_8",
-                    "best_after_12",
-                    "best_final",
-                )
-            )
+            bests = best_columns(row, "/")
             print(
                 f"{tuner:44} {task_ranks[tuner]:>4} {bests:>27} "
                 f"{row['p_within_1pt_after_12']:6.2f} "
@@ -354,15 +352,7 @@ def markdown(summary):
             order = sorted(block["tuners"], key=task_ranks.get)
             for tuner in order:
                 row = block["tuners"][tuner]
-                bests = " / ".join(
-                    fmt(row[key], ".3f")
-                    for key in (
-                        "best_after_4",
-                        "best_after_8",
-                        "best_after_12",
-                        "best_final",
-                    )
-                )
+                bests = best_columns(row, " / ")
                 lines.append(
                     f"| {title} | {tuner} | {task_ranks[tuner]} | {bests} | "
                     f"{row['p_within_1pt_after_12']:.2f} / "

@@ -272,15 +272,7 @@ def print_tables(summary):
             f"{'/HB':>5} {'batch':>5} {'fit s':>6} {'fit/RS':>6} targets"
         )
         for tuner, row in rows.items():
-            bests = "/".join(
-                fmt(row[k], ".3f")
-                for k in (
-                    "best_after_4",
-                    "best_after_8",
-                    "best_after_12",
-                    "best_final",
-                )
-            )
+            bests = suite_ranking.best_columns(row, "/")
             marks = " ".join(
                 f"{key}={'yes' if row[key] else 'no'}"
                 for key in ("fit_target_met", "search_target_met")
