@@ -250,6 +250,58 @@ def chosen_batch_size(tuner):
     return best[0].hyperparameters.values.get("batch_size") if best else None
 
 
+def search_with_picks(
+    name,
+    task,
+    lr_range,
+    seed,
+    epochs,
+    trials,
+    data,
+    pick,
+    tolerance,
+    batch_range=BATCH_RANGE,
+):
+    """One timed search in a temporary project.
+
+    Returns:
+        `(seconds, trial records, picks)`: `picks["default"]` is
+        `pick(tuner)`; for the library's tuners `picks["tolerance"]` is
+        `pick` of the same project reloaded with `tolerance` (which only
+        reorders the best trials).
+    """
+    x, y, x_val, y_val = data
+    with tempfile.TemporaryDirectory() as directory:
+        start = time.perf_counter()
+        tuner = make_tuner(
+            name, task, lr_range, seed, epochs, trials, directory, batch_range
+        )
+        tuner.search(
+            x, y, epochs=epochs, validation_data=(x_val, y_val), verbose=0
+        )
+        seconds = time.perf_counter() - start
+        records = [
+            trial_record(tuner.oracle.trials[trial_id])
+            for trial_id in sorted(tuner.oracle.trials, key=_trial_order)
+        ]
+        picks = {"default": pick(tuner)}
+        if name not in KERAS_TUNER:
+            reloaded = make_tuner(
+                name,
+                task,
+                lr_range,
+                seed,
+                epochs,
+                trials,
+                directory,
+                batch_range,
+                reload=True,
+                tolerance=tolerance,
+            )
+            picks["tolerance"] = pick(reloaded)
+    return seconds, records, picks
+
+
 def run_search(name, task_name, regime, seed, epochs, trials, scale, grid):
     """One search in this (fresh) process: its trials, time and picks."""
     import keras
@@ -269,34 +321,17 @@ def run_search(name, task_name, regime, seed, epochs, trials, scale, grid):
     )
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
-    with tempfile.TemporaryDirectory() as directory:
-        start = time.perf_counter()
-        tuner = make_tuner(
-            name, task, lr_range, seed, epochs, trials, directory
-        )
-        tuner.search(
-            x, y, epochs=epochs, validation_data=(x_val, y_val), verbose=0
-        )
-        seconds = time.perf_counter() - start
-        records = [
-            trial_record(tuner.oracle.trials[trial_id])
-            for trial_id in sorted(tuner.oracle.trials, key=_trial_order)
-        ]
-        chosen = {"default": chosen_batch_size(tuner)}
-        if name != "hyperband":
-            tolerance = suite_ranking.margin(task, grid["optimum"]["objective"])
-            reloaded = make_tuner(
-                name,
-                task,
-                lr_range,
-                seed,
-                epochs,
-                trials,
-                directory,
-                reload=True,
-                tolerance=tolerance,
-            )
-            chosen["tolerance"] = chosen_batch_size(reloaded)
+    seconds, records, chosen = search_with_picks(
+        name,
+        task,
+        lr_range,
+        seed,
+        epochs,
+        trials,
+        (x, y, x_val, y_val),
+        chosen_batch_size,
+        suite_ranking.margin(task, grid["optimum"]["objective"]),
+    )
     return {
         "tuner": name,
         "task": task_name,

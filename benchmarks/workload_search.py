@@ -115,50 +115,25 @@ def run_search(name, workload_name, seed, scale, epochs, trials):
 
     workload = workloads.WORKLOADS[workload_name]
     data = workload.make_data(scale)
-    x, y, x_val, y_val = data
+    x, y = data[:2]
     # Untimed warm-up: a process's first fit pays the framework's start-up.
     workload.make_model(workload.base_learning_rate).fit(
         x[:32], y[:32], batch_size=32, epochs=1, verbose=0
     )
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
-    with tempfile.TemporaryDirectory() as directory:
-        start = time.perf_counter()
-        tuner = suite_search.make_tuner(
-            name,
-            workload,
-            workload.learning_rate_range,
-            seed,
-            epochs,
-            trials,
-            directory,
-            BATCH_RANGE,
-        )
-        tuner.search(
-            x, y, epochs=epochs, validation_data=(x_val, y_val), verbose=0
-        )
-        seconds = time.perf_counter() - start
-        records = [
-            suite_search.trial_record(tuner.oracle.trials[trial_id])
-            for trial_id in sorted(
-                tuner.oracle.trials, key=suite_search._trial_order
-            )
-        ]
-        picks = {"default": chosen_configuration(name, tuner)}
-        if name not in suite_search.KERAS_TUNER:
-            reloaded = suite_search.make_tuner(
-                name,
-                workload,
-                workload.learning_rate_range,
-                seed,
-                epochs,
-                trials,
-                directory,
-                BATCH_RANGE,
-                reload=True,
-                tolerance=TOLERANCE,
-            )
-            picks["tolerance"] = chosen_configuration(name, reloaded)
+    seconds, records, picks = suite_search.search_with_picks(
+        name,
+        workload,
+        workload.learning_rate_range,
+        seed,
+        epochs,
+        trials,
+        data,
+        lambda tuner: chosen_configuration(name, tuner),
+        TOLERANCE,
+        BATCH_RANGE,
+    )
     chosen = {
         pick: timed_fit(workload, configuration, data, epochs)
         for pick, configuration in picks.items()
