@@ -170,6 +170,20 @@ def train(
     }
 
 
+def tracing_share(run):
+    """The first epoch's extra seconds over a steady epoch (tracing and
+    compilation of the train and validation steps) as a share of the time
+    to target; None for a policy run (it retraces at each new batch size),
+    a run that never reached the target or one of fewer than 3 epochs."""
+    seconds = run.get("epoch_end_seconds") or []
+    if run.get("batch_size") is None or run.get("seconds_to_target") is None:
+        return None
+    if len(seconds) < 3:
+        return None
+    steady = statistics.median(b - a for a, b in zip(seconds[1:], seconds[2:]))
+    return max(0.0, seconds[0] - steady) / run["seconds_to_target"]
+
+
 def median_to_target(values):
     """Median where None (never reached) counts as infinitely slow."""
     value = statistics.median([math.inf if v is None else v for v in values])
@@ -189,6 +203,8 @@ def summarize(runs, names, fixed_names, seeds):
             rows[name][key] = median_to_target([r.get(key) for r in mine])
         for key in ("final_accuracy", "best_accuracy"):
             rows[name][key] = dynamic.median([r.get(key) for r in mine])
+        shares = [tracing_share(r) for r in mine]
+        rows[name]["tracing_share"] = dynamic.median(shares)
     always = [n for n in fixed_names if rows[n]["reached"] == seeds]
     best = min(always, key=lambda n: rows[n]["seconds_to_target"], default=None)
     for name, row in rows.items():
@@ -226,8 +242,8 @@ def print_table(workload, summary, runs, seeds, settings):
     )
     print(
         f"{'run':<12} {'reached':>7} {'s to target':>11} {'x best':>6} "
-        f"{'epochs':>6} {'final acc':>9} {'d points':>8} {'pass':>4}  "
-        "batch sizes (seed 0)"
+        f"{'epochs':>6} {'final acc':>9} {'d points':>8} {'pass':>4} "
+        f"{'tracing':>7}  batch sizes (seed 0)"
     )
     for name, row in summary["rows"].items():
         first = next((r for r in runs if r["run"] == name), {})
@@ -239,8 +255,8 @@ def print_table(workload, summary, runs, seeds, settings):
             f"{fmt(row['time_ratio'], '6.2f')} "
             f"{fmt(row['epochs_to_target'], '6.1f')} "
             f"{fmt(row['final_accuracy'], '9.3f')} "
-            f"{fmt(row['accuracy_delta_points'], '+8.2f')} {passes:>4}  "
-            f"{sizes}"
+            f"{fmt(row['accuracy_delta_points'], '+8.2f')} {passes:>4} "
+            f"{fmt(row.get('tracing_share'), '7.1%')}  {sizes}"
         )
 
 
@@ -273,6 +289,11 @@ def parse_args():
         "--output",
         help=f"JSON path (default {RESULTS}/workload_dynamic.json; with "
         "--quick, workload_dynamic_quick.json in the temporary folder)",
+    )
+    parser.add_argument(
+        "--summarize",
+        action="store_true",
+        help="no training: the summary and tables again from --output",
     )
     args = parser.parse_args()
     if args.quick:
@@ -311,9 +332,26 @@ def run_all(tasks, one_task_per_process):
     return runs
 
 
+def resummarize(path):
+    """Recomputes the summary of a recorded JSON, prints and rewrites it."""
+    result = json.loads(path.read_text())
+    settings = result["settings"]
+    names = [f"fixed {size}" for size in settings["batch_sizes"]]
+    fixed_names, names = names, names + list(settings["policies"])
+    for workload, values in settings["per_workload"].items():
+        mine = [run for run in result["runs"] if run["workload"] == workload]
+        summary = summarize(mine, names, fixed_names, settings["seeds"])
+        result["summary"][workload] = summary
+        print_table(workload, summary, mine, settings["seeds"], values)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"\nrewritten: {path}")
+
+
 def main():
     """Runs every (workload, configuration, seed); prints and writes."""
     args = parse_args()
+    if args.summarize:
+        return resummarize(args.output)
     max_batch_size = max(args.batch_sizes)
     fixed = {f"fixed {size}": size for size in args.batch_sizes}
     configurations = {**fixed, **dict.fromkeys(args.policies)}
