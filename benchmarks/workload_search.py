@@ -29,8 +29,13 @@ Usage:
 ```
 python benchmarks/workload_search.py --scale 0.25 --seeds 3
 KERAS_BACKEND=jax python benchmarks/workload_search.py --scale 1.0
+python benchmarks/workload_search.py --scale 0.25 --seeds 3 --resume
 python benchmarks/workload_search.py --quick    # smoke test
 ```
+
+`--resume` keeps the searches already in `--output` (made with the same
+scale, epochs and trials) and runs the others, so that a run cut short, or
+one spread over several sessions, loses no finished search.
 """
 
 import os
@@ -315,6 +320,25 @@ def write(output, args, runs):
     return summary
 
 
+def recorded_runs(output, args):
+    """The searches already in `output`, if it was made with these settings.
+
+    Raises:
+        SystemExit: if `output` holds searches of another scale, epoch
+            budget or trial count, which cannot be summarized together.
+    """
+    if not output.exists():
+        return []
+    recorded = json.loads(output.read_text())
+    for key in ("scale", "epochs", "trials"):
+        if recorded["settings"][key] != getattr(args, key):
+            sys.exit(
+                f"--resume: {output} was made with {key}="
+                f"{recorded['settings'][key]!r}, not {getattr(args, key)!r}"
+            )
+    return recorded["runs"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -331,6 +355,11 @@ def main():
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--output", default=None)
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the searches already in --output, run the others",
+    )
     args = parser.parse_args()
     if args.quick:
         args.scale, args.epochs, args.trials, args.seeds = 0.01, 2, 2, 1
@@ -347,14 +376,17 @@ def main():
             else RESULTS / "workload_search.json"
         )
     )
+    runs = recorded_runs(output, args) if args.resume else []
+    done = {(r["tuner"], r["workload"], r["seed"]) for r in runs}
     order = [
         (name, workload_name, seed)
         for seed in range(args.seeds)
         for workload_name in args.workloads
         for name in args.tuners[seed % len(args.tuners) :]
         + args.tuners[: seed % len(args.tuners)]
+        if (name, workload_name, seed) not in done
     ]
-    runs = []
+    print(f"{len(order)} searches ({len(done)} already done)", flush=True)
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(
         args.workers, mp_context=context, max_tasks_per_child=1
@@ -371,14 +403,14 @@ def main():
             )
             for name, workload_name, seed in order
         ]
-        for done, future in enumerate(
+        for finished, future in enumerate(
             concurrent.futures.as_completed(futures), 1
         ):
             run = future.result()
             runs.append(run)
             write(output, args, runs)
             print(
-                f"[{done}/{len(order)}] {run['workload']} / {run['tuner']} "
+                f"[{finished}/{len(order)}] {run['workload']} / {run['tuner']} "
                 f"seed {run['seed']}: {run['search_seconds']:.1f} s",
                 flush=True,
             )

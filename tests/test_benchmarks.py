@@ -1,6 +1,7 @@
 """The benchmarks' `--quick` modes run (smoke test: exit code only, no
 timing assertions), on the backend of the suite."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -80,3 +81,24 @@ def test_device_check_smoke(tmp_path):
     for name in ("throughput", "workload_search", "workload_dynamic"):
         assert (tmp_path / f"{name}.json").exists(), name
     assert recorded_results() == recorded
+    # A search spread over sessions: --resume keeps the finished searches
+    # and runs none of them again.
+    searches = tmp_path / "workload_search.json"
+    before = json.loads(searches.read_text())["runs"]
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "workload_search.py"),
+            "--quick",
+            "--resume",
+            "--output",
+            str(searches),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "KERAS_BACKEND": BACKEND},
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"0 searches ({len(before)} already done)" in resumed.stdout
+    assert json.loads(searches.read_text())["runs"] == before
