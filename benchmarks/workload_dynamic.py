@@ -26,6 +26,7 @@ Usage:
 ```
 python benchmarks/workload_dynamic.py           # both workloads, 3 seeds
 python benchmarks/workload_dynamic.py --quick   # smoke test, target 0.0
+python benchmarks/workload_dynamic.py --summarize --output RESULT.json
 KERAS_BACKEND=jax python benchmarks/workload_dynamic.py --scale 1.0
 ```
 """
@@ -336,8 +337,8 @@ def resummarize(path):
     """Recomputes the summary of a recorded JSON, prints and rewrites it."""
     result = json.loads(path.read_text())
     settings = result["settings"]
-    names = [f"fixed {size}" for size in settings["batch_sizes"]]
-    fixed_names, names = names, names + list(settings["policies"])
+    fixed_names = [f"fixed {size}" for size in settings["batch_sizes"]]
+    names = fixed_names + list(settings["policies"])
     for workload, values in settings["per_workload"].items():
         mine = [run for run in result["runs"] if run["workload"] == workload]
         summary = summarize(mine, names, fixed_names, settings["seeds"])
