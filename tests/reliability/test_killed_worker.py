@@ -1,13 +1,16 @@
 """Distributed search where one worker is killed with SIGKILL mid-trial.
 
 A chief and two workers on 127.0.0.1, found through KerasTuner's
-environment variables, as in `tests/test_distributed_search.py`. Worker
-`tuner1` stops in its first trial (a marker file at the end of its first
-epoch, then it waits) and is killed there. KerasTuner's chief alone would
-wait forever for that trial; with `worker_timeout` the chief takes it back
-after that many seconds of silence and `tuner0` runs it again, then both
-remaining processes end by themselves. It runs on every backend (the
-processes get the suite's `KERAS_BACKEND`; nothing imports TensorFlow).
+environment variables, as in `tests/test_distributed_search.py`. The first
+worker to end an epoch stops there (it creates a marker file, exclusively,
+naming itself, then waits) and is killed. Which worker that is does not
+matter; waiting for a named one would race, as on a loaded machine one
+worker may run every trial before the other asks. KerasTuner's chief alone
+would wait forever for the killed worker's trial; with `worker_timeout` the
+chief takes it back after that many seconds of silence and the other worker
+runs it again, then both remaining processes end by themselves. It runs on
+every backend (the processes get the suite's `KERAS_BACKEND`; nothing
+imports TensorFlow).
 """
 
 import os
@@ -61,11 +64,16 @@ def build(hp):
 
 
 class Hang(keras.callbacks.Callback):
-    # On tuner1 only: the first trial stops after its first epoch.
+    # The first worker to end an epoch, only: it names itself and waits.
     def on_epoch_end(self, epoch, logs=None):
-        if role == "tuner1":
-            open(os.path.join(workdir, "tuner1.running"), "w").close()
-            time.sleep(600)
+        try:
+            marker = os.open(os.path.join(workdir, "hung"),
+                             os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(marker, role.encode())
+        os.close(marker)
+        time.sleep(600)
 
 
 class LoggingTuner(keras_batchtune.BatchTuner):
@@ -134,18 +142,26 @@ def test_chief_and_other_worker_finish_after_a_worker_is_killed(tmp_path):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
             )
-        # Kill tuner1 once its trial is running.
+        # Kill the worker that hangs in its trial, once it does.
+        marker = tmp_path / "hung"
         deadline = time.monotonic() + 600  # only stops a hang
-        while not (tmp_path / "tuner1.running").exists():
-            assert processes["tuner1"].poll() is None, "tuner1 ended early"
-            assert time.monotonic() < deadline, "tuner1 never ran a trial"
+        while not marker.exists() or not marker.read_text():
+            for role, process in processes.items():
+                if process.poll() is not None:
+                    output, _ = process.communicate()
+                    raise AssertionError(
+                        f"{role} ended early:\n{output[-3000:]}"
+                    )
+            assert time.monotonic() < deadline, "no worker ran a trial"
             time.sleep(0.05)
-        processes["tuner1"].send_signal(signal.SIGKILL)
+        killed = marker.read_text()
+        survivor = {"tuner0": "tuner1", "tuner1": "tuner0"}[killed]
+        processes[killed].send_signal(signal.SIGKILL)
         killed_at = time.time()
-        outputs["tuner1"], _ = processes["tuner1"].communicate(timeout=30)
-        assert processes["tuner1"].returncode == -signal.SIGKILL
+        outputs[killed], _ = processes[killed].communicate(timeout=30)
+        assert processes[killed].returncode == -signal.SIGKILL
         # The others end by themselves.
-        for role in ("tuner0", "chief"):
+        for role in (survivor, "chief"):
             outputs[role], _ = processes[role].communicate(timeout=900)
             assert processes[role].returncode == 0, outputs[role][-3000:]
     finally:
@@ -156,8 +172,8 @@ def test_chief_and_other_worker_finish_after_a_worker_is_killed(tmp_path):
     seconds = time.monotonic() - begin
 
     (result,) = parse(outputs["chief"], "RESULT")
-    killed_events = parse(outputs["tuner1"], "EVENT")
-    survivor_events = parse(outputs["tuner0"], "EVENT")
+    killed_events = parse(outputs[killed], "EVENT")
+    survivor_events = parse(outputs[survivor], "EVENT")
     (lost,) = [e["trial"] for e in killed_events if e["kind"] == "begin"]
     assert not [e for e in killed_events if e["kind"] == "end"]
 
@@ -166,7 +182,7 @@ def test_chief_and_other_worker_finish_after_a_worker_is_killed(tmp_path):
     assert len(result["end_order"]) == MAX_TRIALS
     assert set(result["statuses"].values()) == {"COMPLETED"}
     assert result["ongoing"] == []
-    # The killed worker's trial was taken back and run, once, by tuner0,
+    # The killed worker's trial was taken back and run, once, by the other,
     # after the kill; every other trial ran once.
     begun = [e["trial"] for e in survivor_events if e["kind"] == "begin"]
     ended = [e["trial"] for e in survivor_events if e["kind"] == "end"]
