@@ -271,11 +271,23 @@ def print_tables(summary):
             )
 
 
+def cpu_model():
+    """The CPU's model name (Linux's `/proc/cpuinfo`), else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def machine():
     """The CPU and, where one is used, the accelerator."""
     import keras
 
-    description = f"{platform.machine()}, {os.cpu_count()} CPUs"
+    description = f"{cpu_model()}, {os.cpu_count()} CPUs"
     if keras.config.backend() == "jax":
         import jax
 
